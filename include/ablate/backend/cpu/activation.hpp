@@ -1,0 +1,40 @@
+// SiLU and SwiGLU, element-wise, forward and backward (vectorised by Eigen's array ops).
+#pragma once
+
+#include "ablate/backend/cpu/tensor.hpp"
+
+namespace ablate::cpu {
+
+template <class S>
+struct ActivationKernels {
+  using Tensor = Matrix<S>;
+
+  // y = x * sigmoid(x)
+  static void silu_forward(Tensor& y, const Tensor& x) {
+    y.resize(x.rows(), x.cols());
+    y.array() = x.array() / (S(1) + (-x.array()).exp());
+  }
+  // dx = dy * s * (1 + x * (1 - s)),  s = sigmoid(x)
+  static void silu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
+    dx.resize(x.rows(), x.cols());
+    const auto s = (S(1) / (S(1) + (-x.array()).exp())).eval();
+    dx.array() = dy.array() * s * (S(1) + x.array() * (S(1) - s));
+  }
+
+  // h = silu(gate) * up
+  static void swiglu_forward(Tensor& h, const Tensor& gate, const Tensor& up) {
+    h.resize(gate.rows(), gate.cols());
+    h.array() = gate.array() / (S(1) + (-gate.array()).exp()) * up.array();
+  }
+  // dgate = dh * up * silu'(gate),  dup = dh * silu(gate)
+  static void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dh, const Tensor& gate,
+                              const Tensor& up) {
+    dgate.resize(gate.rows(), gate.cols());
+    dup.resize(gate.rows(), gate.cols());
+    const auto s = (S(1) / (S(1) + (-gate.array()).exp())).eval();
+    dup.array() = dh.array() * gate.array() * s;
+    dgate.array() = dh.array() * up.array() * s * (S(1) + gate.array() * (S(1) - s));
+  }
+};
+
+}  // namespace ablate::cpu

@@ -1,0 +1,47 @@
+// Linear layers as GEMMs: y = x W^T + b with W in PyTorch's [out, in] layout.
+#pragma once
+
+#include "ablate/backend/cpu/tensor.hpp"
+
+namespace ablate::cpu {
+
+template <class S>
+struct LinearKernels {
+  using Tensor = Matrix<S>;
+
+  // y = x W^T (+ b).  `b` may be null.
+  static void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b) {
+    y.resize(x.rows(), w.rows());
+    y.noalias() = x * w.transpose();
+    if (b != nullptr) y.rowwise() += b->row(0);
+  }
+
+  // dW += dy^T x, db += sum over rows of dy, and dx = dy W (or dx += dy W when
+  // accumulate_dx).  `dx` and `db` may be null.
+  static void linear_backward(Tensor* dx, Tensor& dw, Tensor* db, const Tensor& dy,
+                              const Tensor& x, const Tensor& w, bool accumulate_dx = false) {
+    dw.noalias() += dy.transpose() * x;
+    if (db != nullptr) db->row(0) += dy.colwise().sum();
+    if (dx != nullptr) {
+      if (accumulate_dx) {
+        dx->noalias() += dy * w;
+      } else {
+        dx->resize(dy.rows(), w.cols());
+        dx->noalias() = dy * w;
+      }
+    }
+  }
+
+  // c = a b (plain GEMM; used by optimizers).
+  static void matmul(Tensor& c, const Tensor& a, const Tensor& b) {
+    c.resize(a.rows(), b.cols());
+    c.noalias() = a * b;
+  }
+  // c = a a^T
+  static void gram(Tensor& c, const Tensor& a) {
+    c.resize(a.rows(), a.rows());
+    c.noalias() = a * a.transpose();
+  }
+};
+
+}  // namespace ablate::cpu

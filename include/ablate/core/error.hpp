@@ -1,0 +1,35 @@
+// Error reporting: every check on user input throws, never asserts, so bad input gives a
+// message instead of a crash in release builds.
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace ablate {
+
+// Thrown for any configuration, shape or input value the library cannot accept.
+class invalid_input : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+namespace detail {
+
+template <class... Parts>
+std::string concat(Parts&&... parts) {
+  std::ostringstream out;
+  (out << ... << std::forward<Parts>(parts));
+  return out.str();
+}
+
+}  // namespace detail
+
+// require(cond, "what", value, "more") throws invalid_input with the pieces joined.
+template <class... Parts>
+inline void require(bool condition, Parts&&... message) {
+  if (!condition) throw invalid_input(detail::concat(std::forward<Parts>(message)...));
+}
+
+}  // namespace ablate

@@ -1,0 +1,98 @@
+// Parameters: a named tensor with its gradient, registered once by the block that owns it.
+// Names follow Hugging Face (`layers.0.self_attn.o_proj.weight`) so checkpoints map onto HF
+// modules, and the role tells optimizers what kind of tensor it is.
+#pragma once
+
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "ablate/core/error.hpp"
+
+namespace ablate {
+
+enum class ParamRole {
+  Matrix,     // 2-D projection weight (Linear, router, expert): Muon's share
+  Embedding,  // token embedding (also the tied LM head)
+  Norm,       // norm scale or shift
+  Bias,       // Linear bias
+};
+
+template <class Backend>
+struct Parameter {
+  using Tensor = typename Backend::Tensor;
+
+  std::string name;
+  std::vector<std::size_t> shape;  // PyTorch shape: [out, in] for a Linear weight, [n] for 1-D
+  ParamRole role = ParamRole::Matrix;
+  Tensor value;  // stored as rows x cols; a 1-D parameter is 1 x n
+  Tensor grad;
+
+  std::size_t numel() const {
+    return std::accumulate(shape.begin(), shape.end(), std::size_t{1}, std::multiplies<>());
+  }
+  std::size_t rows() const { return shape.size() == 2 ? shape[0] : 1; }
+  std::size_t cols() const { return shape.back(); }
+};
+
+// Owns every parameter of a model; addresses stay valid as parameters are added (deque), so
+// blocks keep plain pointers to their own.
+template <class Backend>
+class ParameterStore {
+ public:
+  using Param = Parameter<Backend>;
+
+  Param& add(std::string name, std::vector<std::size_t> shape, ParamRole role) {
+    require(!shape.empty() && shape.size() <= 2, "parameter ", name, ": rank must be 1 or 2");
+    for (std::size_t s : shape) require(s > 0, "parameter ", name, ": zero-sized dimension");
+    require(find(name) == nullptr, "parameter ", name, " registered twice");
+    Param& p = params_.emplace_back();
+    p.name = std::move(name);
+    p.shape = std::move(shape);
+    p.role = role;
+    Backend::resize(p.value, p.rows(), p.cols());
+    Backend::resize(p.grad, p.rows(), p.cols());
+    Backend::set_zero(p.value);
+    Backend::set_zero(p.grad);
+    return p;
+  }
+
+  Param* find(const std::string& name) {
+    for (Param& p : params_)
+      if (p.name == name) return &p;
+    return nullptr;
+  }
+  const Param* find(const std::string& name) const {
+    for (const Param& p : params_)
+      if (p.name == name) return &p;
+    return nullptr;
+  }
+  Param& at(const std::string& name) {
+    Param* p = find(name);
+    require(p != nullptr, "no parameter named ", name);
+    return *p;
+  }
+
+  std::size_t size() const { return params_.size(); }
+  std::size_t numel() const {
+    std::size_t n = 0;
+    for (const Param& p : params_) n += p.numel();
+    return n;
+  }
+  void zero_grad() {
+    for (Param& p : params_) Backend::set_zero(p.grad);
+  }
+
+  auto begin() { return params_.begin(); }
+  auto end() { return params_.end(); }
+  auto begin() const { return params_.begin(); }
+  auto end() const { return params_.end(); }
+
+ private:
+  std::deque<Param> params_;
+};
+
+}  // namespace ablate
