@@ -19,6 +19,7 @@
 #include "ablate/blocks/layer_norm.hpp"
 #include "ablate/blocks/mlp.hpp"
 #include "ablate/blocks/multi_head_attention.hpp"
+#include "ablate/blocks/multi_latent_attention.hpp"
 #include "ablate/blocks/rms_norm.hpp"
 
 #include "ablate/model/architecture.hpp"

@@ -13,8 +13,6 @@ using namespace ablate;
 using test::D;
 using test::Mat;
 
-constexpr double kTolerance = 1e-6;
-
 ModelConfig tiny_config() {
   ModelConfig cfg;
   cfg.vocab_size = 11;
@@ -28,74 +26,20 @@ ModelConfig tiny_config() {
   return cfg;
 }
 
-// Runs block.forward on x and returns sum(y .* r), with the same dropout masks every time.
-template <class Block>
-double block_loss(Block& block, const Mat& x, const Mat& r, std::size_t batch, std::size_t seq,
-                  bool training) {
-  RandomStream rng(1234);
-  PassContext ctx;
-  ctx.training = training;
-  ctx.batch = batch;
-  ctx.seq = seq;
-  ctx.rng = &rng;
-  Mat y;
-  if constexpr (requires { block.forward(y, x, ctx); }) {
-    block.forward(y, x, ctx);
-  } else {
-    block.forward(y, x);
-  }
-  return test::dot(y, r);
-}
-
-// Checks d/dx and d/dparam of block against finite differences.  Parameters are first set to
-// random values so that ones/zeros initialisations do not hide mistakes.
-template <class Block>
-void check_block(Block& block, ParameterStore<D>& store, std::size_t batch, std::size_t seq,
-                 std::size_t in_dim, bool training = true) {
-  std::uint64_t key = 77;
-  for (auto& p : store) D::fill_uniform(p.value, key++, 0.5);
-  Mat x = test::random_matrix(static_cast<Eigen::Index>(batch * seq), static_cast<Eigen::Index>(in_dim), 5);
-  // The output width is learnt from one forward.
-  RandomStream probe_rng(1);
-  Mat r;
-  {
-    PassContext ctx{training, batch, seq, &probe_rng, 1.0};
-    Mat y;
-    if constexpr (requires { block.forward(y, x, ctx); }) block.forward(y, x, ctx);
-    else block.forward(y, x);
-    r = test::random_matrix(y.rows(), y.cols(), 9);
-  }
-  auto loss = [&] { return block_loss(block, x, r, batch, seq, training); };
-
-  store.zero_grad();
-  loss();
-  Mat dx;
-  block.backward(dx, r);
-
-  const double input_error = test::fd_relative_error(x, dx, loss);
-  INFO("input gradient relative error " << input_error);
-  CHECK(input_error < kTolerance);
-  for (auto& p : store) {
-    const double error = test::fd_relative_error(p.value, p.grad, loss);
-    INFO(p.name << " relative error " << error);
-    CHECK(error < kTolerance);
-  }
-}
-
 }  // namespace
 
 TEST_CASE("RMSNorm backward matches finite differences") {
   ParameterStore<D> store;
   Initializer init(1, 0.02, InitScheme::Normal);
   RMSNorm<D> norm(store, init, "norm", 8, 1e-6);
-  check_block(norm, store, 2, 3, 8);
+  test::check_block(norm, store, 2, 3, 8);
 }
 
 TEST_CASE("LayerNorm backward matches finite differences") {
   ParameterStore<D> store;
   Initializer init(1, 0.02, InitScheme::Normal);
   LayerNorm<D> norm(store, init, "norm", 8, 1e-5);
-  check_block(norm, store, 2, 3, 8);
+  test::check_block(norm, store, 2, 3, 8);
 }
 
 TEST_CASE("Linear with and without bias backward matches finite differences") {
@@ -108,7 +52,7 @@ TEST_CASE("Linear with and without bias backward matches finite differences") {
       void forward(Mat& y, const Mat& x) { l.forward(y, x); }
       void backward(Mat& dx, const Mat& dy) { l.backward(&dx, dy); }
     } w{linear};
-    check_block(w, store, 2, 3, 6);
+    test::check_block(w, store, 2, 3, 6);
   }
 }
 
@@ -117,7 +61,7 @@ TEST_CASE("MLP (silu, inner dropout) backward matches finite differences") {
   ParameterStore<D> store;
   Initializer init(1, 0.02, InitScheme::Normal);
   auto mlp = MLP::make<D>(store, init, "mlp", cfg);
-  check_block(mlp, store, 2, 4, cfg.hidden_size);
+  test::check_block(mlp, store, 2, 4, cfg.hidden_size);
 }
 
 TEST_CASE("GatedMLP (SwiGLU) backward matches finite differences") {
@@ -125,7 +69,7 @@ TEST_CASE("GatedMLP (SwiGLU) backward matches finite differences") {
   ParameterStore<D> store;
   Initializer init(1, 0.02, InitScheme::Normal);
   auto mlp = GatedMLP::make<D>(store, init, "mlp", cfg);
-  check_block(mlp, store, 2, 4, cfg.hidden_size);
+  test::check_block(mlp, store, 2, 4, cfg.hidden_size);
 }
 
 TEST_CASE_TEMPLATE("multi-head attention variants: backward matches finite differences", Policy,
@@ -136,7 +80,7 @@ TEST_CASE_TEMPLATE("multi-head attention variants: backward matches finite diffe
     ParameterStore<D> store;
     Initializer init(1, 0.02, InitScheme::Normal);
     auto attention = Policy::template make<D>(store, init, "self_attn", cfg);
-    check_block(attention, store, 2, 5, cfg.hidden_size);
+    test::check_block(attention, store, 2, 5, cfg.hidden_size);
   }
 }
 
@@ -145,7 +89,7 @@ TEST_CASE("attention without dropout (eval) backward matches finite differences"
   ParameterStore<D> store;
   Initializer init(1, 0.02, InitScheme::Normal);
   auto attention = MHA::make<D>(store, init, "self_attn", cfg);
-  check_block(attention, store, 2, 5, cfg.hidden_size, /*training=*/false);
+  test::check_block(attention, store, 2, 5, cfg.hidden_size, /*training=*/false);
 }
 
 TEST_CASE("RoPE layouts: inverse undoes forward, DeepSeek equals a permuted interleaved") {
@@ -193,7 +137,7 @@ TEST_CASE_TEMPLATE("transformer layer, pre-norm and post-norm: backward matches 
       layer.backward(dx);
     }
   } w{layer};
-  check_block(w, store, 2, 4, cfg.hidden_size);
+  test::check_block(w, store, 2, 4, cfg.hidden_size);
 }
 
 TEST_CASE_TEMPLATE("whole 2-layer model: cross-entropy gradients match finite differences", Arch,
@@ -221,6 +165,6 @@ TEST_CASE_TEMPLATE("whole 2-layer model: cross-entropy gradients match finite di
   for (auto& p : model.parameters()) {
     const double error = test::fd_relative_error(p.value, p.grad, loss);
     INFO(p.name << " relative error " << error);
-    CHECK(error < kTolerance);
+    CHECK(error < test::kTolerance);
   }
 }

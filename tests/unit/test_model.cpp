@@ -1,0 +1,184 @@
+// Whole-model properties: causality of every attention variant, parameter counts of the seed
+// architectures, determinism, and errors on bad input.
+#include <doctest/doctest.h>
+
+#include <ablate/ablate.hpp>
+
+#include <string>
+
+namespace {
+
+using namespace ablate;
+using D = CPUBackend<double>;
+
+ModelConfig small_config() {
+  ModelConfig cfg;
+  cfg.vocab_size = 17;
+  cfg.hidden_size = 16;
+  cfg.num_attention_heads = 4;
+  cfg.num_hidden_layers = 2;
+  cfg.intermediate_size = 24;
+  cfg.max_position_embeddings = 8;
+  cfg.q_lora_rank = 8;
+  cfg.kv_lora_rank = 8;
+  cfg.qk_rope_head_dim = 4;
+  cfg.qk_nope_head_dim = 2;
+  cfg.v_head_dim = 4;
+  return cfg;
+}
+
+Tokens ramp(std::size_t batch, std::size_t seq, std::size_t vocab, std::size_t mul = 5) {
+  Tokens t(batch, seq);
+  for (std::size_t i = 0; i < t.size(); ++i) t[i] = static_cast<int>((i * mul + 1) % vocab);
+  return t;
+}
+
+// Changes token j of every sequence and reports whether any logit before j moved.  A causal
+// model must leave positions < j bit-identical and change position j.
+template <class Arch>
+bool earlier_logits_change(std::size_t j) {
+  const auto cfg = small_config();
+  Model<Arch, D> model(cfg, 11);
+  model.eval();
+  const Tokens a = ramp(2, 8, cfg.vocab_size);
+  Tokens b = a;
+  for (std::size_t s = 0; s < 2; ++s) b(s, j) = static_cast<int>((a(s, j) + 3) % cfg.vocab_size);
+  const D::Tensor la = model.forward(a);
+  const D::Tensor lb = model.forward(b);
+  bool earlier_changed = false, at_j_changed = false;
+  for (std::size_t s = 0; s < 2; ++s) {
+    for (std::size_t t = 0; t < j; ++t)
+      earlier_changed |= la.row(static_cast<Eigen::Index>(s * 8 + t)) != lb.row(static_cast<Eigen::Index>(s * 8 + t));
+    at_j_changed |= la.row(static_cast<Eigen::Index>(s * 8 + j)) != lb.row(static_cast<Eigen::Index>(s * 8 + j));
+  }
+  CHECK(at_j_changed);
+  return earlier_changed;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("causal attention variants never read later tokens", Attn, MHA, MLA) {
+  using Arch = Architecture<Attention<Attn>, FFN<GatedMLP>, Norm<RMS>>;
+  for (std::size_t j : {1u, 4u, 7u}) {
+    CAPTURE(j);
+    CHECK_FALSE(earlier_logits_change<Arch>(j));
+  }
+}
+
+TEST_CASE_TEMPLATE("the causality probe catches non-causal attention", Attn, NonCausalMHA, PlainMHA,
+                   NonCausalMLA) {
+  using Arch = Architecture<Attention<Attn>, FFN<MLP>, Norm<RMS>>;
+  CHECK(earlier_logits_change<Arch>(4));
+}
+
+TEST_CASE("parameter count of the seed's mlp_512d at vocab 49152 is 37,752,320") {
+  ModelConfig cfg;  // defaults are Experiment 1's sizes
+  cfg.vocab_size = 49152;
+  Model<Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>, CPU> model(cfg, 0);
+  CHECK(model.parameter_count() == 37'752'320);
+}
+
+TEST_CASE("parameter count of the seed's attention_mlp_512d at vocab 49152 is 36,281,024") {
+  ModelConfig cfg;
+  cfg.vocab_size = 49152;
+  cfg.attention_bias = true;  // DeepSeek attention with attention_bias = true
+  Model<Architecture<Attention<MLA>, FFN<GatedMLP>, Norm<RMS>>, CPU> model(cfg, 0);
+  CHECK(model.parameter_count() == 36'281'024);
+}
+
+TEST_CASE("HF-style parameter names") {
+  const auto cfg = small_config();
+  Model<Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>, D> model(cfg, 0);
+  for (const char* name :
+       {"embed_tokens.weight", "layers.0.input_layernorm.weight", "layers.0.self_attn.qkv_proj.weight",
+        "layers.0.self_attn.o_proj.weight", "layers.1.post_attention_layernorm.weight",
+        "layers.1.mlp.gate_proj.weight", "layers.1.mlp.up_proj.weight", "layers.1.mlp.down_proj.weight",
+        "norm.weight"})
+    CHECK_MESSAGE(model.parameters().find(name) != nullptr, name);
+  CHECK(model.parameters().find("lm_head.weight") == nullptr);  // tied to the embedding
+}
+
+TEST_CASE("seeded runs are bit-for-bit deterministic; different seeds differ") {
+  const auto cfg = small_config();
+  using Arch = Architecture<Attention<MHA>, FFN<MLP>, Norm<RMS>>;
+  auto run = [&](std::uint64_t seed) {
+    Model<Arch, CPU> model(cfg, seed);
+    model.train(true);
+    std::vector<double> losses;
+    const Tokens in = ramp(2, 8, cfg.vocab_size), out = ramp(2, 8, cfg.vocab_size, 3);
+    for (int step = 0; step < 3; ++step) {
+      model.zero_grad();
+      losses.push_back(model.forward_backward(in, out).loss);
+      for (auto& p : model.parameters()) p.value -= 0.1f * p.grad;
+    }
+    return losses;
+  };
+  CHECK(run(5) == run(5));
+  CHECK(run(5) != run(6));
+}
+
+TEST_CASE("dropout is active in training and off in eval") {
+  const auto cfg = small_config();
+  Model<Architecture<Attention<MHA>, FFN<MLP>, Norm<RMS>>, D> model(cfg, 1);
+  const Tokens in = ramp(1, 8, cfg.vocab_size);
+  model.eval();
+  const D::Tensor e1 = model.forward(in);
+  const D::Tensor e2 = model.forward(in);
+  CHECK(e1 == e2);
+  model.train(true);
+  const D::Tensor t1 = model.forward(in);
+  const D::Tensor t2 = model.forward(in);
+  CHECK(t1 != t2);
+  CHECK(t1 != e1);
+}
+
+namespace {
+
+template <class F>
+void check_invalid(F&& f, const std::string& fragment) {
+  try {
+    f();
+    FAIL("expected std::invalid_argument mentioning '" << fragment << "'");
+  } catch (const std::invalid_argument& e) {
+    INFO("message: " << e.what());
+    CHECK(std::string(e.what()).find(fragment) != std::string::npos);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("bad input throws std::invalid_argument naming the problem") {
+  using Arch = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
+  const auto cfg = small_config();
+  Model<Arch, D> model(cfg, 0);
+
+  Tokens too_big = ramp(1, 4, cfg.vocab_size);
+  too_big(0, 2) = static_cast<int>(cfg.vocab_size);
+  check_invalid([&] { model.forward(too_big); }, "outside the vocabulary");
+  Tokens negative = ramp(1, 4, cfg.vocab_size);
+  negative(0, 1) = -1;
+  check_invalid([&] { model.forward(negative); }, "outside the vocabulary");
+  check_invalid([&] { model.forward(ramp(1, 9, cfg.vocab_size)); }, "max_position_embeddings");
+  check_invalid([&] { model.forward(Tokens(0, 4)); }, "batch > 0");
+  Tokens bad_target = ramp(1, 4, cfg.vocab_size);
+  bad_target(0, 0) = 99;
+  check_invalid([&] { model.forward_backward(ramp(1, 4, cfg.vocab_size), bad_target); }, "target id");
+  check_invalid([&] { model.forward_backward(ramp(1, 4, cfg.vocab_size), ramp(1, 3, cfg.vocab_size)); },
+                "does not match");
+
+  auto with = [&](auto edit) {
+    auto c = cfg;
+    edit(c);
+    return c;
+  };
+  check_invalid([&] { Model<Arch, D> m(with([](ModelConfig& c) { c.num_attention_heads = 3; }), 0); },
+                "not divisible");
+  check_invalid([&] { Model<Arch, D> m(with([](ModelConfig& c) { c.vocab_size = 0; }), 0); }, "vocab_size");
+  check_invalid([&] { Model<Arch, D> m(with([](ModelConfig& c) { c.hidden_size = 0; }), 0); }, "hidden_size");
+  check_invalid([&] { Model<Arch, D> m(with([](ModelConfig& c) { c.num_hidden_layers = 0; }), 0); },
+                "num_hidden_layers");
+  check_invalid([&] { Model<Arch, D> m(with([](ModelConfig& c) { c.intermediate_size = 0; }), 0); },
+                "zero-sized");
+  check_invalid([&] { Model<Arch, D> m(with([](ModelConfig& c) { c.hidden_dropout = 1.0; }), 0); },
+                "hidden_dropout");
+}
