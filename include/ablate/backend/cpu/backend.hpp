@@ -1,0 +1,37 @@
+// The CPU backend: Eigen tensors and the kernel sets every block calls through `Backend::`.
+// A backend is a policy type; a CUDA backend provides the same names over device tensors.
+#pragma once
+
+#include "ablate/backend/cpu/activation.hpp"
+#include "ablate/backend/cpu/attention.hpp"
+#include "ablate/backend/cpu/cross_entropy.hpp"
+#include "ablate/backend/cpu/dropout.hpp"
+#include "ablate/backend/cpu/embedding.hpp"
+#include "ablate/backend/cpu/linear.hpp"
+#include "ablate/backend/cpu/norm.hpp"
+#include "ablate/backend/cpu/optimizer.hpp"
+#include "ablate/backend/cpu/rope.hpp"
+#include "ablate/backend/cpu/tensor.hpp"
+
+namespace ablate {
+
+// Scalar is float for training and double for finite-difference gradient checks.
+template <class S = float>
+struct CPUBackend : cpu::TensorKernels<S>,
+                    cpu::LinearKernels<S>,
+                    cpu::EmbeddingKernels<S>,
+                    cpu::NormKernels<S>,
+                    cpu::ActivationKernels<S>,
+                    cpu::DropoutKernels<S>,
+                    cpu::RopeKernels<S>,
+                    cpu::AttentionKernels<S>,
+                    cpu::CrossEntropyKernels<S>,
+                    cpu::OptimizerKernels<S> {
+  using Scalar = S;
+  using Tensor = cpu::Matrix<S>;
+  static constexpr const char* name = "cpu";
+};
+
+using CPU = CPUBackend<float>;
+
+}  // namespace ablate

@@ -1,0 +1,96 @@
+// Muon (Keller Jordan's reference): SGD momentum whose update is orthogonalised by
+// Newton-Schulz, so every direction of a weight matrix moves by about the same amount.
+// For 2-D weights only; no weight decay, as in the seed.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ablate/core/error.hpp"
+#include "ablate/core/parameter.hpp"
+#include "ablate/train/newton_schulz.hpp"
+
+namespace ablate {
+
+struct MuonOptions {
+  double momentum = 0.95;
+  bool nesterov = true;
+  int ns_steps = 5;
+};
+
+template <class B>
+class Muon {
+ public:
+  using Tensor = typename B::Tensor;
+
+  // Per-parameter state, public so a checkpoint can save and restore it.
+  struct State {
+    Parameter<B>* param;
+    Tensor momentum;  // torch: momentum_buffer
+  };
+
+  explicit Muon(std::vector<Parameter<B>*> params, MuonOptions options = {})
+      : options_(options) {
+    require(options.momentum >= 0.0 && options.momentum < 1.0,
+            "Muon: momentum must be in [0, 1)");
+    require(options.ns_steps >= 0, "Muon: ns_steps must be >= 0");
+    states_.reserve(params.size());
+    for (Parameter<B>* p : params) {
+      require(p != nullptr, "Muon: null parameter");
+      require(p->shape.size() == 2, "Muon: parameter ", p->name, " is not 2-D");
+      State& s = states_.emplace_back(State{p, Tensor{}});
+      B::resize(s.momentum, p->rows(), p->cols());
+      B::set_zero(s.momentum);
+    }
+  }
+
+  // The update's scale: sqrt(max(1, rows/cols)), so tall matrices (whose orthogonalised
+  // update has smaller entries) move as much per element as wide ones.
+  static double shape_scale(std::size_t rows, std::size_t cols) {
+    return std::sqrt(std::max(1.0, static_cast<double>(rows) / static_cast<double>(cols)));
+  }
+
+  // One update of every parameter from its current .grad at learning rate `lr`:
+  //   buf = lerp(buf, g, 1 - momentum);  u = nesterov ? lerp(g, buf, momentum) : buf;
+  //   p -= lr * shape_scale * NS5(u).
+  // Unlike the reference, .grad is left untouched (the Nesterov blend goes to scratch).
+  void step(double lr) {
+    ++steps_;
+    for (State& s : states_) {
+      Parameter<B>& p = *s.param;
+      B::lerp_inplace(s.momentum, p.grad, 1.0 - options_.momentum);
+      const Tensor* u = &s.momentum;
+      if (options_.nesterov) {
+        B::lerp(blend_, p.grad, s.momentum, options_.momentum);
+        u = &blend_;
+      }
+      newton_schulz5<B>(update_, *u, p.rows(), p.cols(), options_.ns_steps, work_);
+      B::axpy(p.value, -lr * shape_scale(p.rows(), p.cols()), update_);
+    }
+  }
+
+  const MuonOptions& options() const { return options_; }
+  std::vector<State>& states() { return states_; }
+  const std::vector<State>& states() const { return states_; }
+  // The state of the parameter called `name`, or null.
+  State* find(const std::string& name) {
+    for (State& s : states_)
+      if (s.param->name == name) return &s;
+    return nullptr;
+  }
+  // Steps taken so far (informational: Muon's update does not depend on it).
+  std::int64_t steps() const { return steps_; }
+  void set_steps(std::int64_t steps) { steps_ = steps; }
+
+ private:
+  MuonOptions options_;
+  std::vector<State> states_;
+  std::int64_t steps_ = 0;
+  Tensor blend_, update_;  // scratch shared by all parameters
+  NewtonSchulzWork<B> work_;
+};
+
+}  // namespace ablate

@@ -1,0 +1,58 @@
+// Newton-Schulz orthogonalisation (Keller Jordan's quintic iteration used by Muon): pushes
+// every singular value of G towards 1, approximating U V^T from G's SVD with matmuls only.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+
+#include "ablate/core/error.hpp"
+
+namespace ablate {
+
+// Scratch tensors, kept between calls so repeated orthogonalisation does not reallocate.
+template <class B>
+struct NewtonSchulzWork {
+  typename B::Tensor x, a, b, bx;
+};
+
+// out = NS5(g) for a rows x cols matrix g, `steps` iterations.  The coefficients
+// (3.4445, -4.7750, 2.0315) make the iteration converge fast on small singular values at the
+// cost of leaving them in roughly [0.7, 1.2] rather than exactly 1.
+template <class B>
+void newton_schulz5(typename B::Tensor& out, const typename B::Tensor& g, std::size_t rows,
+                    std::size_t cols, int steps, NewtonSchulzWork<B>& work) {
+  constexpr double ca = 3.4445, cb = -4.7750, cc = 2.0315;
+  require(steps >= 0, "newton_schulz5: steps must be >= 0");
+  // Work on the wide orientation so the Gram matrix X X^T is the small one.
+  const bool tall = rows > cols;
+  auto& x = work.x;
+  if (tall) {
+    B::transpose(x, g);
+  } else {
+    B::resize(x, rows, cols);
+    B::copy(x, g);
+  }
+  B::scale_inplace(x, 1.0 / (std::sqrt(B::sum_squares(x)) + 1e-7));
+  for (int i = 0; i < steps; ++i) {
+    B::gram(work.a, x);                     // A = X X^T
+    B::matmul(work.b, work.a, work.a);      // A A
+    B::scale_add(work.b, cc, work.a, cb);   // B = b A + c A A
+    B::matmul(work.bx, work.b, x);          // B X
+    B::scale_add(x, ca, work.bx, 1.0);      // X = a X + B X
+  }
+  if (tall) {
+    B::transpose(out, x);
+  } else {
+    B::resize(out, rows, cols);
+    B::copy(out, x);
+  }
+}
+
+template <class B>
+void newton_schulz5(typename B::Tensor& out, const typename B::Tensor& g, std::size_t rows,
+                    std::size_t cols, int steps = 5) {
+  NewtonSchulzWork<B> work;
+  newton_schulz5<B>(out, g, rows, cols, steps, work);
+}
+
+}  // namespace ablate

@@ -1,0 +1,104 @@
+// Trainer: the seed's training loop, one batch per call.
+//
+//   loss = (ce + aux) / accum;  loss.backward()
+//   every accum-th batch: clip_grad_norm_(1.0); optimizer.step(); zero_grad(); scheduler.step()
+//
+// The model is duck-typed; it must provide
+//   using Backend = ...;
+//   ParameterStore<Backend>& parameters();
+//   LossStats forward_backward(const Tokens& inputs, const Tokens& targets, double grad_scale);
+//       // ADDS the gradients of grad_scale * (mean CE + aux loss) to the .grad tensors
+//   void zero_grad();
+//   void train(bool on);
+//   void after_optimizer_step();  // e.g. auxiliary-loss-free MoE bias update
+#pragma once
+
+#include <cstddef>
+
+#include "ablate/core/loss_stats.hpp"
+#include "ablate/core/tokens.hpp"
+#include "ablate/train/clip.hpp"
+#include "ablate/train/hybrid_optimizer.hpp"
+#include "ablate/train/schedule.hpp"
+#include "ablate/train/train_config.hpp"
+
+namespace ablate {
+
+// What one call to Trainer::step did.
+struct TrainStep {
+  LossStats stats;               // the batch's (unscaled) loss, accuracy, aux loss
+  bool optimizer_step = false;   // true on every grad_accumulation-th batch
+  double grad_norm = 0.0;        // pre-clip global norm, when optimizer_step
+  double lr_factor = 0.0;        // factor this step used, else the one the next step will use
+};
+
+template <class Model>
+class Trainer {
+ public:
+  using Backend = typename Model::Backend;
+
+  // The optimizer groups are taken from the model's parameters now; the model must outlive
+  // the trainer and must not add parameters afterwards.
+  Trainer(Model& model, const TrainConfig& config)
+      : model_(model),
+        config_(validated(config)),
+        schedule_(WarmupCosineSchedule::with_divisor(config_.schedule_total(),
+                                                     config_.warmup_divisor,
+                                                     config_.min_lr_ratio)),
+        optimizer_(model.parameters(), config_.optimizer) {
+    model_.zero_grad();
+  }
+
+  // One batch.  As in the seed, gradients of a last incomplete accumulation group are never
+  // applied.
+  TrainStep step(const Tokens& inputs, const Tokens& targets) {
+    model_.train(true);
+    TrainStep out;
+    out.stats = model_.forward_backward(inputs, targets,
+                                        1.0 / static_cast<double>(config_.grad_accumulation));
+    ++batches_;
+    if (batches_ % config_.grad_accumulation == 0) {
+      out.optimizer_step = true;
+      out.grad_norm = clip_grad_norm(model_.parameters(), config_.grad_clip);
+      out.lr_factor = schedule_.factor(optimizer_steps_);
+      optimizer_.step(out.lr_factor);
+      model_.after_optimizer_step();
+      model_.zero_grad();
+      ++optimizer_steps_;
+    } else {
+      out.lr_factor = lr_factor();
+    }
+    return out;
+  }
+
+  // The schedule factor the next optimizer step will use.
+  double lr_factor() const { return schedule_.factor(optimizer_steps_); }
+
+  std::size_t batches() const { return batches_; }
+  std::size_t optimizer_steps() const { return optimizer_steps_; }
+  // For resuming from a checkpoint (together with the optimizer state).
+  void set_progress(std::size_t batches, std::size_t optimizer_steps) {
+    batches_ = batches;
+    optimizer_steps_ = optimizer_steps;
+  }
+
+  const TrainConfig& config() const { return config_; }
+  const WarmupCosineSchedule& schedule() const { return schedule_; }
+  HybridOptimizer<Backend>& optimizer() { return optimizer_; }
+  const HybridOptimizer<Backend>& optimizer() const { return optimizer_; }
+
+ private:
+  static const TrainConfig& validated(const TrainConfig& config) {
+    config.validate();
+    return config;
+  }
+
+  Model& model_;
+  TrainConfig config_;
+  WarmupCosineSchedule schedule_;
+  HybridOptimizer<Backend> optimizer_;
+  std::size_t batches_ = 0;
+  std::size_t optimizer_steps_ = 0;
+};
+
+}  // namespace ablate
