@@ -16,9 +16,10 @@ struct ActivationKernels {
   }
   // dx = dy * s * (1 + x * (1 - s)),  s = sigmoid(x)
   static void silu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
+    // No temporaries: a fresh activation-sized buffer costs more in page faults than the math.
     dx.resize(x.rows(), x.cols());
-    const auto s = (S(1) / (S(1) + (-x.array()).exp())).eval();
-    dx.array() = dy.array() * s * (S(1) + x.array() * (S(1) - s));
+    dx.array() = S(1) / (S(1) + (-x.array()).exp());  // s
+    dx.array() = dy.array() * dx.array() * (S(1) + x.array() * (S(1) - dx.array()));
   }
 
   // h = silu(gate) * up
@@ -31,9 +32,9 @@ struct ActivationKernels {
                               const Tensor& up) {
     dgate.resize(gate.rows(), gate.cols());
     dup.resize(gate.rows(), gate.cols());
-    const auto s = (S(1) / (S(1) + (-gate.array()).exp())).eval();
-    dup.array() = dh.array() * gate.array() * s;
-    dgate.array() = dh.array() * up.array() * s * (S(1) + gate.array() * (S(1) - s));
+    dup.array() = S(1) / (S(1) + (-gate.array()).exp());  // s, then overwritten below
+    dgate.array() = dh.array() * up.array() * dup.array() * (S(1) + gate.array() * (S(1) - dup.array()));
+    dup.array() = dh.array() * gate.array() * dup.array();
   }
 };
 

@@ -43,7 +43,8 @@ struct AttentionKernels {
       auto O = out.block(b * T, h * a.v_dim, T, a.v_dim);
       const auto V = v.block(b * T, h * a.v_dim, T, a.v_dim);
       if (dropout_p > 0.0) {
-        Tensor dropped = P;
+        Tensor& dropped = workspace(0);
+        dropped = P;
         apply_mask(dropped, bh, T, dropout_p, key);
         O.noalias() = dropped * V;
       } else {
@@ -70,9 +71,11 @@ struct AttentionKernels {
       const auto V = v.block(b * T, h * a.v_dim, T, a.v_dim);
       const auto Q = q.block(b * T, h * a.qk_dim, T, a.qk_dim);
       const auto K = k.block(b * T, h * a.qk_dim, T, a.qk_dim);
-      Tensor dP = dO * V.transpose();
+      Tensor& dP = workspace(0);
+      dP.noalias() = dO * V.transpose();
       if (dropout_p > 0.0) {
-        Tensor dropped = P;
+        Tensor& dropped = workspace(1);
+        dropped = P;
         apply_mask(dropped, bh, T, dropout_p, key);
         dv.block(b * T, h * a.v_dim, T, a.v_dim).noalias() = dropped.transpose() * dO;
         apply_mask(dP, bh, T, dropout_p, key);
@@ -80,7 +83,8 @@ struct AttentionKernels {
         dv.block(b * T, h * a.v_dim, T, a.v_dim).noalias() = P.transpose() * dO;
       }
       // Softmax backward: dS = P * (dP - rowsum(dP * P)), then the scale.
-      Tensor dS(T, T);
+      Tensor& dS = workspace(1);
+      dS.resize(T, T);
       for (Eigen::Index i = 0; i < T; ++i) {
         const S dot = dP.row(i).dot(P.row(i));
         dS.row(i) = (P.row(i).array() * (dP.row(i).array() - dot)).matrix() * static_cast<S>(a.scale);
@@ -91,6 +95,12 @@ struct AttentionKernels {
   }
 
  private:
+  // Per-thread T x T scratch, kept across calls: fresh buffers cost page faults every time.
+  static Tensor& workspace(int slot) {
+    thread_local Tensor buffers[2];
+    return buffers[slot];
+  }
+
   // The mask of pair bh covers indices [bh*T*T, (bh+1)*T*T) of the key's stream.
   static void apply_mask(Tensor& m, Eigen::Index bh, Eigen::Index T, double p, std::uint64_t key) {
     const S scale = static_cast<S>(1.0 / (1.0 - p));

@@ -31,16 +31,16 @@ struct NormKernels {
   static void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x,
                                const Tensor& w, const Tensor& rstd) {
     const Eigen::Index n = x.rows(), d = x.cols();
+    // dx first holds xhat (no temporary buffer), then is overwritten row by row.
     dx.resize(n, d);
-    Tensor xhat(n, d);
+    dx = rstd.col(0).asDiagonal() * x;
+    dw.row(0) += dy.cwiseProduct(dx).colwise().sum();
     ABLATE_PARALLEL_FOR
     for (Eigen::Index r = 0; r < n; ++r) {
-      xhat.row(r) = x.row(r) * rstd(r, 0);
       const auto g = dy.row(r).cwiseProduct(w.row(0));
-      const S m = g.dot(xhat.row(r)) / static_cast<S>(d);
-      dx.row(r) = rstd(r, 0) * (g - xhat.row(r) * m);
+      const S m = g.dot(dx.row(r)) / static_cast<S>(d);
+      dx.row(r) = rstd(r, 0) * (g - dx.row(r) * m);
     }
-    dw.row(0) += dy.cwiseProduct(xhat).colwise().sum();
   }
 
   // y = (x - mean) * rstd * w + b
@@ -68,18 +68,19 @@ struct NormKernels {
                                  const Tensor& x, const Tensor& w, const Tensor& mean,
                                  const Tensor& rstd) {
     const Eigen::Index n = x.rows(), d = x.cols();
+    // dx first holds xhat (no temporary buffer), then is overwritten row by row.
     dx.resize(n, d);
-    Tensor xhat(n, d);
+    ABLATE_PARALLEL_FOR
+    for (Eigen::Index r = 0; r < n; ++r) dx.row(r) = (x.row(r).array() - mean(r, 0)).matrix() * rstd(r, 0);
+    dw.row(0) += dy.cwiseProduct(dx).colwise().sum();
+    db.row(0) += dy.colwise().sum();
     ABLATE_PARALLEL_FOR
     for (Eigen::Index r = 0; r < n; ++r) {
-      xhat.row(r) = (x.row(r).array() - mean(r, 0)).matrix() * rstd(r, 0);
       const auto g = dy.row(r).cwiseProduct(w.row(0));
       const S gm = g.sum() / static_cast<S>(d);
-      const S gx = g.dot(xhat.row(r)) / static_cast<S>(d);
-      dx.row(r) = rstd(r, 0) * ((g.array() - gm).matrix() - xhat.row(r) * gx);
+      const S gx = g.dot(dx.row(r)) / static_cast<S>(d);
+      dx.row(r) = rstd(r, 0) * ((g.array() - gm).matrix() - dx.row(r) * gx);
     }
-    dw.row(0) += dy.cwiseProduct(xhat).colwise().sum();
-    db.row(0) += dy.colwise().sum();
   }
 };
 
