@@ -18,6 +18,7 @@
 #include "ablate/blocks/gated_mlp.hpp"
 #include "ablate/blocks/layer_norm.hpp"
 #include "ablate/blocks/mlp.hpp"
+#include "ablate/blocks/moe/moe.hpp"
 #include "ablate/blocks/multi_head_attention.hpp"
 #include "ablate/blocks/multi_latent_attention.hpp"
 #include "ablate/blocks/rms_norm.hpp"

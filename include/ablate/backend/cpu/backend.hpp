@@ -8,6 +8,7 @@
 #include "ablate/backend/cpu/dropout.hpp"
 #include "ablate/backend/cpu/embedding.hpp"
 #include "ablate/backend/cpu/linear.hpp"
+#include "ablate/backend/cpu/moe.hpp"
 #include "ablate/backend/cpu/norm.hpp"
 #include "ablate/backend/cpu/optimizer.hpp"
 #include "ablate/backend/cpu/rope.hpp"
@@ -26,7 +27,8 @@ struct CPUBackend : cpu::TensorKernels<S>,
                     cpu::RopeKernels<S>,
                     cpu::AttentionKernels<S>,
                     cpu::CrossEntropyKernels<S>,
-                    cpu::OptimizerKernels<S> {
+                    cpu::OptimizerKernels<S>,
+                    cpu::MoEKernels<S> {
   using Scalar = S;
   using Tensor = cpu::Matrix<S>;
   static constexpr const char* name = "cpu";
