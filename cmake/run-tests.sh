@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds ablate and runs its test suite (unit tests and consume tests) with CTest.
+#
+#   bash cmake/run-tests.sh                 # RelWithDebInfo (-O2 -g) in build/tests
+#   bash cmake/run-tests.sh --sanitize      # ASan + UBSan (-O1) in build/sanitize
+#   bash cmake/run-tests.sh --build-dir DIR # another build folder
+#   bash cmake/run-tests.sh -- -R rms       # everything after -- goes to ctest
+#
+# Installs missing Debian packages first (cmake/install-deps.sh).  The sanitizer build is a
+# Debug build (Eigen's bounds asserts on) without -march=native, and skips the benchmarks and
+# the consume tests (nested, unsanitized builds that the plain run covers).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+sanitize=0
+build_dir=""
+ctest_args=()
+
+usage() { sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+
+while (($#)); do
+  case "$1" in
+    --sanitize) sanitize=1 ;;
+    --build-dir) build_dir="${2:?--build-dir needs a folder}"; shift ;;
+    --build-dir=*) build_dir="${1#*=}" ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; ctest_args=("$@"); break ;;
+    *) echo "run-tests.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+bash "$root/cmake/install-deps.sh"
+
+if ((sanitize)); then
+  build_dir="${build_dir:-$root/build/sanitize}"
+  config_args=(
+    -DCMAKE_BUILD_TYPE=Debug
+    -DABLATE_SANITIZE=ON
+    -DABLATE_NATIVE=OFF
+    -DABLATE_BUILD_BENCHMARKS=OFF
+    -DABLATE_BUILD_CONSUME_TESTS=OFF
+  )
+else
+  build_dir="${build_dir:-$root/build/tests}"
+  config_args=(
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g -DNDEBUG"
+    -DABLATE_SANITIZE=OFF
+  )
+fi
+
+jobs="$(nproc 2>/dev/null || echo 2)"
+start=$SECONDS
+
+echo "== configure ($build_dir)"
+cmake -S "$root" -B "$build_dir" "${config_args[@]}" >/dev/null
+echo "== build (-j$jobs)"
+cmake --build "$build_dir" -j "$jobs"
+echo "== test"
+ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" "${ctest_args[@]}"
+
+echo "== run-tests.sh: configure + build + test took $((SECONDS - start)) s"
