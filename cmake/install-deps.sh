@@ -17,6 +17,8 @@ packages=(
   libcli11-dev
   nlohmann-json3-dev
   gnuplot-nox
+  clang
+  libclang-rt-14-dev
   nodejs
   npm
 )

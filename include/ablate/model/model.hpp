@@ -59,7 +59,9 @@ class Model {
   bool training() const { return training_; }
 
   RandomStream& rng() { return rng_; }
+  const RandomStream& rng() const { return rng_; }
   std::vector<Layer>& layers() { return layers_; }
+  const std::vector<Layer>& layers() const { return layers_; }
 
   // Logits for every position: logits(b * seq + t, v).  `loss_scale` is the weight of this
   // pass's loss in a following backward (it scales auxiliary-loss gradients).

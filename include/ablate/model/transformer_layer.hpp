@@ -92,7 +92,9 @@ class TransformerLayer {
   }
 
   AttentionBlock& attention() { return attention_; }
+  const AttentionBlock& attention() const { return attention_; }
   FFNBlock& ffn() { return ffn_; }
+  const FFNBlock& ffn() const { return ffn_; }
 
  private:
   NormBlock input_norm_;

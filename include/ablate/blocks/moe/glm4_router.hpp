@@ -89,6 +89,12 @@ class Glm4RouterBlock : public detail::RouterCore<B> {
   const Tensor& e_score_correction_bias() const { return bias_; }
   // Loads counted since the last optimizer step (training forwards only).
   const std::vector<std::size_t>& pending_load() const { return pending_load_; }
+  // Restores the loads counted since the last optimizer step (checkpoint resume).
+  void set_pending_load(const std::vector<std::size_t>& load) {
+    require(load.size() == pending_load_.size(), "GLM4 router: pending load has ", load.size(),
+            " entries, the router has ", pending_load_.size(), " experts");
+    pending_load_ = load;
+  }
 
  private:
   static constexpr double kDenominatorEps = 1e-20;

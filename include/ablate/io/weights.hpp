@@ -1,0 +1,254 @@
+// Model weights as safetensors files, by Hugging Face names.
+//
+//   ablate::io::save_weights(model, "model.safetensors", {{"run", "exp1"}});
+//   ablate::io::load_weights(other_model, "model.safetensors");
+//
+// A weights file holds every parameter under its HF name (embed_tokens.weight,
+// layers.0.self_attn.o_proj.weight, ...) in its PyTorch shape, plus the non-parameter buffers
+// HF checkpoints carry (layers.<i>.mlp.gate.e_score_correction_bias of the GLM4 / DeepSeek-V3
+// router), and metadata:
+//   format               "pt" (what transformers expects of a PyTorch safetensors file)
+//   ablate.kind          "weights" (or "checkpoint" for io/checkpoint.hpp's training state)
+//   ablate.architecture  Arch::name(), e.g. "mha+gated-mlp+rms+prenorm"
+//   ablate.version       the library version that wrote it
+//   ablate.config        the ModelConfig as JSON
+// Loading checks the architecture (when the file names one), then that every tensor of the
+// model is present with its shape and a floating-point dtype and that the file holds nothing
+// else, before anything in the model changes; errors name the file and the tensor.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "ablate/core/config.hpp"
+#include "ablate/core/error.hpp"
+#include "ablate/io/config_json.hpp"
+#include "ablate/io/safetensors.hpp"
+#include "ablate/model/model.hpp"
+#include "ablate/version.hpp"
+
+namespace ablate::io {
+
+// __metadata__ keys written by this library.
+namespace meta {
+inline constexpr const char* format = "format";
+inline constexpr const char* kind = "ablate.kind";
+inline constexpr const char* architecture = "ablate.architecture";
+inline constexpr const char* version = "ablate.version";
+inline constexpr const char* config = "ablate.config";
+}  // namespace meta
+
+// The dtype that holds a backend's parameters exactly.
+template <class B>
+constexpr Dtype native_dtype() {
+  using S = typename B::Scalar;
+  static_assert(std::is_same_v<S, float> || std::is_same_v<S, double>,
+                "safetensors I/O supports float and double backends");
+  return std::is_same_v<S, float> ? Dtype::F32 : Dtype::F64;
+}
+
+// Tensors that only training checkpoints hold (optimizer and trainer state); load_weights
+// skips them when it reads a checkpoint.
+inline bool is_training_state_tensor(std::string_view name) {
+  return name.starts_with("optimizer.") || name.starts_with("trainer.");
+}
+
+namespace detail {
+
+// Calls f(prefix, router) for every layer whose FFN is a MoE with a bias-balanced router
+// (GLM4 / DeepSeek-V3: e_score_correction_bias); prefix is the router's HF module name,
+// layers.<i>.mlp.gate (TransformerLayer names its FFN <layer>.mlp, MoE its router <ffn>.gate).
+template <class M, class F>
+void for_each_bias_router(M& model, F&& f) {
+  std::size_t i = 0;
+  for (auto& layer : model.layers()) {
+    auto& ffn = layer.ffn();
+    if constexpr (requires { ffn.router().e_score_correction_bias(); }) {
+      f("layers." + std::to_string(i) + ".mlp.gate", ffn.router());
+    }
+    ++i;
+  }
+}
+
+// A tensor of the model as it appears in a file: HF name, PyTorch shape, host data.
+template <class S>
+struct TensorSlot {
+  std::string name;
+  std::vector<std::size_t> shape;
+  S* data;
+  std::size_t count;
+};
+
+// Every parameter, then every buffer.  S is Scalar or const Scalar.
+template <class M>
+auto model_tensors(M& model) {
+  using Scalar = typename std::remove_const_t<M>::Backend::Scalar;
+  using S = std::conditional_t<std::is_const_v<M>, const Scalar, Scalar>;
+  std::vector<TensorSlot<S>> out;
+  for (auto& p : model.parameters()) {
+    require(static_cast<std::size_t>(p.value.size()) == p.numel(), "parameter ", p.name, " holds ",
+            p.value.size(), " values for shape of ", p.numel());
+    out.push_back({p.name, p.shape, p.value.data(), p.numel()});
+  }
+  for_each_bias_router(model, [&](const std::string& prefix, auto& router) {
+    auto& bias = router.e_score_correction_bias();
+    out.push_back({prefix + ".e_score_correction_bias",
+                   {static_cast<std::size_t>(bias.size())},
+                   bias.data(),
+                   static_cast<std::size_t>(bias.size())});
+  });
+  return out;
+}
+
+inline bool is_reserved_metadata_key(std::string_view key) {
+  return key == meta::format || key.starts_with("ablate.");
+}
+
+// The metadata every file of this library carries, plus the caller's own keys.
+template <class M>
+void add_model_metadata(SafetensorsWriter& w, const M& model, std::string_view kind,
+                        const std::map<std::string, std::string>& user) {
+  for (const auto& [key, value] : user) {
+    require(!is_reserved_metadata_key(key), "metadata key '", key,
+            "' is reserved (\"format\" and \"ablate.*\" are written by ablate)");
+    w.set_metadata(key, value);
+  }
+  w.set_metadata(meta::format, "pt");
+  w.set_metadata(meta::kind, std::string(kind));
+  w.set_metadata(meta::architecture, M::architecture_name());
+  w.set_metadata(meta::version, ablate::version);
+  w.set_metadata(meta::config, to_json(model.config()).dump());
+}
+
+inline void check_architecture(const SafetensorsReader& r, const std::string& model_arch,
+                               std::string_view what) {
+  const std::string* stored = r.metadata_value(meta::architecture);
+  if (stored != nullptr && *stored != model_arch)
+    throw invalid_input(concat(r.source(), ": ", what, " of architecture '", *stored,
+                               "' cannot be loaded into a model of architecture '", model_arch,
+                               "'"));
+}
+
+inline std::string name_list(const std::vector<std::string>& names) {
+  std::string s;
+  for (std::size_t i = 0; i < names.size() && i < 5; ++i) s += (i ? ", '" : "'") + names[i] + "'";
+  if (names.size() > 5) s += concat(" and ", names.size() - 5, " more");
+  return s;
+}
+
+// Checks that `info` can fill `slot`: same shape, and a floating-point dtype (exactly `exact`
+// when given).
+template <class S>
+void check_slot(const SafetensorsReader& r, const TensorInfo& info, const TensorSlot<S>& slot,
+                std::optional<Dtype> exact = std::nullopt) {
+  if (info.shape != slot.shape)
+    throw invalid_input(concat(r.source(), ": tensor '", slot.name, "' has shape ",
+                               shape_string(info.shape), " in the file, the model expects ",
+                               shape_string(slot.shape)));
+  if (exact && info.dtype != *exact)
+    throw invalid_input(concat(r.source(), ": tensor '", slot.name, "' is stored as ", info.dtype,
+                               ", the model's backend needs ", *exact, " for an exact resume"));
+  if (!is_floating_point(info.dtype))
+    throw invalid_input(concat(r.source(), ": tensor '", slot.name, "' has dtype ", info.dtype,
+                               "; weights must be floating point"));
+}
+
+}  // namespace detail
+
+// Writes every parameter and buffer of `model` (as `dtype`, by default the backend's own:
+// F32 for float, F64 for double) with the metadata above plus the caller's `metadata`.
+template <class Arch, class B>
+void save_weights(const Model<Arch, B>& model, const std::filesystem::path& path,
+                  const std::map<std::string, std::string>& metadata = {},
+                  std::optional<Dtype> dtype = std::nullopt) {
+  const Dtype d = dtype.value_or(native_dtype<B>());
+  require(d == Dtype::F64 || d == Dtype::F32 || d == Dtype::F16 || d == Dtype::BF16,
+          "save_weights: dtype must be F64, F32, F16 or BF16, got ", d);
+  SafetensorsWriter w;
+  detail::add_model_metadata(w, model, "weights", metadata);
+  for (const auto& slot : detail::model_tensors(model))
+    w.add_view(slot.name, d, slot.shape, slot.data);
+  w.write(path);
+}
+
+// Loads every parameter and buffer of `model` from `reader` (a weights file, or the weights of
+// a training checkpoint), converting from the stored floating-point dtype.
+template <class Arch, class B>
+void load_weights(Model<Arch, B>& model, const SafetensorsReader& reader) {
+  const std::string* kind = reader.metadata_value(meta::kind);
+  require(kind == nullptr || *kind == "weights" || *kind == "checkpoint", reader.source(),
+          ": unknown ablate.kind '", kind ? *kind : "", "'");
+  const bool checkpoint = kind != nullptr && *kind == "checkpoint";
+  detail::check_architecture(reader, Model<Arch, B>::architecture_name(),
+                             checkpoint ? "a checkpoint" : "weights");
+
+  const auto slots = detail::model_tensors(model);
+  std::set<std::string, std::less<>> expected;
+  std::vector<std::string> missing;
+  std::vector<const TensorInfo*> infos;
+  for (const auto& slot : slots) {
+    expected.insert(slot.name);
+    const TensorInfo* info = reader.find(slot.name);
+    infos.push_back(info);
+    if (info == nullptr) {
+      missing.push_back(slot.name);
+    } else {
+      detail::check_slot(reader, *info, slot);
+    }
+  }
+  if (!missing.empty())
+    throw invalid_input(
+        detail::concat(reader.source(), ": missing ", missing.size() == 1 ? "tensor " : "tensors ",
+                       detail::name_list(missing), " of ", Model<Arch, B>::architecture_name()));
+  std::vector<std::string> extra;
+  for (const TensorInfo& info : reader.tensors())
+    if (expected.count(info.name) == 0 && !(checkpoint && is_training_state_tensor(info.name)))
+      extra.push_back(info.name);
+  if (!extra.empty())
+    throw invalid_input(detail::concat(reader.source(), ": unexpected ",
+                                       extra.size() == 1 ? "tensor " : "tensors ",
+                                       detail::name_list(extra), " (not a parameter or buffer of ",
+                                       Model<Arch, B>::architecture_name(), ")"));
+  for (std::size_t i = 0; i < slots.size(); ++i)
+    reader.read(*infos[i], std::span(slots[i].data, slots[i].count));
+}
+
+template <class Arch, class B>
+void load_weights(Model<Arch, B>& model, const std::filesystem::path& path) {
+  load_weights(model, SafetensorsReader::open(path));
+}
+
+// The ModelConfig a weights file or checkpoint was saved with, so a matching model can be
+// built before loading.
+inline ModelConfig read_model_config(const SafetensorsReader& reader) {
+  const std::string* text = reader.metadata_value(meta::config);
+  require(text != nullptr, reader.source(), ": no ", meta::config, " in the metadata");
+  nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  require(!j.is_discarded(), reader.source(), ": ", meta::config, " is not valid JSON");
+  try {
+    return model_config_from_json(j);
+  } catch (const invalid_input& e) {
+    throw invalid_input(detail::concat(reader.source(), ": ", e.what()));
+  }
+}
+inline ModelConfig read_model_config(const std::filesystem::path& path) {
+  return read_model_config(SafetensorsReader::open(path));
+}
+
+// The architecture name a file was saved from ("" when it names none).
+inline std::string read_architecture(const std::filesystem::path& path) {
+  const SafetensorsReader r = SafetensorsReader::open(path);
+  const std::string* a = r.metadata_value(meta::architecture);
+  return a ? *a : std::string();
+}
+
+}  // namespace ablate::io

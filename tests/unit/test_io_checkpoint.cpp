@@ -1,0 +1,263 @@
+// Training checkpoints: N batches straight must equal N/2 batches, save, load into fresh
+// objects, N/2 more -- losses and parameters bit for bit -- with dropout on, for a dense MHA
+// model, an MLA model and a GLM4 MoE with bias balancing; and mismatches are refused.
+#include <doctest/doctest.h>
+
+#include <ablate/ablate.hpp>
+#include <ablate/io/io.hpp>
+#include <ablate/train/trainer.hpp>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "io_test_util.hpp"
+
+namespace {
+
+using namespace ablate;
+namespace io = ablate::io;
+
+using DenseArch = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
+using MlaArch = Architecture<Attention<MLA>, FFN<MLP>, Norm<LN>, Placement<PostNorm>>;
+using MoeArch = Architecture<Attention<MHA>, FFN<Glm4MoE<4, 2>>, Norm<RMS>>;
+
+constexpr std::size_t kBatches = 8;
+
+ModelConfig tiny_config() {
+  ModelConfig cfg;
+  cfg.vocab_size = 17;
+  cfg.hidden_size = 16;
+  cfg.num_attention_heads = 4;
+  cfg.num_hidden_layers = 2;
+  cfg.intermediate_size = 24;
+  cfg.max_position_embeddings = 8;
+  cfg.hidden_dropout = 0.1;
+  cfg.attention_dropout = 0.1;
+  cfg.q_lora_rank = 8;
+  cfg.kv_lora_rank = 8;
+  cfg.qk_rope_head_dim = 4;
+  cfg.qk_nope_head_dim = 2;
+  cfg.v_head_dim = 4;
+  cfg.moe_intermediate_size = 8;
+  cfg.n_group = 2;
+  cfg.topk_group = 1;
+  cfg.router_bias_update_rate = 0.01;  // aux-loss-free balancing on
+  return cfg;
+}
+
+TrainConfig train_config() {
+  TrainConfig t;
+  t.total_batches = kBatches;
+  t.grad_accumulation = 2;
+  t.warmup_divisor = 4;
+  t.optimizer.muon_lr = 0.02;
+  t.optimizer.adamw_lr = 3e-3;
+  return t;
+}
+
+Tokens batch(std::size_t i, std::size_t salt) {
+  Tokens t(2, 8);
+  for (std::size_t k = 0; k < t.size(); ++k)
+    t[k] = static_cast<int>((k * (3 + salt) + i * 5 + salt) % 17);
+  return t;
+}
+
+template <class M>
+bool same_tensors(const M& a, const M& b) {
+  for (const auto& p : a.parameters()) {
+    const auto* q = b.parameters().find(p.name);
+    if (q == nullptr ||
+        std::memcmp(p.value.data(), q->value.data(), sizeof(float) * p.numel()) != 0)
+      return false;
+  }
+  for (std::size_t i = 0; i < a.layers().size(); ++i) {
+    if constexpr (requires { a.layers()[i].ffn().router().e_score_correction_bias(); }) {
+      const auto& x = a.layers()[i].ffn().router().e_score_correction_bias();
+      const auto& y = b.layers()[i].ffn().router().e_score_correction_bias();
+      if (std::memcmp(x.data(), y.data(), sizeof(float) * static_cast<std::size_t>(x.size())) != 0)
+        return false;
+    }
+  }
+  return true;
+}
+
+// Trains over batches [from, to), appending the losses.
+template <class M>
+void train(Trainer<M>& trainer, std::size_t from, std::size_t to, std::vector<double>& losses) {
+  for (std::size_t i = from; i < to; ++i)
+    losses.push_back(trainer.step(batch(i, 0), batch(i, 1)).stats.loss);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("checkpoint: resume is bit-exact", Arch, DenseArch, MlaArch, MoeArch) {
+  using M = Model<Arch, CPU>;
+  io_test::TempDir dir;
+  const auto cfg = tiny_config();
+  const auto tcfg = train_config();
+
+  M straight(cfg, 7);
+  Trainer<M> straight_trainer(straight, tcfg);
+  std::vector<double> straight_losses;
+  train(straight_trainer, 0, kBatches, straight_losses);
+
+  // 4 ends an accumulation group; 3 and 5 fall inside one (gradients and router loads pending).
+  bool bias_moved = false;
+  for (std::size_t split : {std::size_t{4}, std::size_t{3}, std::size_t{5}}) {
+    CAPTURE(split);
+    std::vector<double> losses;
+    const auto path = dir / ("ckpt-" + std::to_string(split) + ".safetensors");
+    std::vector<std::vector<std::size_t>> pending;  // GLM4 router loads since the last step
+    {
+      M first(cfg, 7);
+      Trainer<M> trainer(first, tcfg);
+      train(trainer, 0, split, losses);
+      if constexpr (std::is_same_v<Arch, MoeArch>) {
+        for (const auto& layer : first.layers()) {
+          bias_moved = bias_moved ||
+                       layer.ffn().router().e_score_correction_bias().cwiseAbs().maxCoeff() > 0;
+          pending.push_back(layer.ffn().router().pending_load());
+        }
+      }
+      io::save_checkpoint(path, first, trainer, {{"note", "half way"}});
+    }
+    M resumed(cfg, 12345);  // another seed: everything must come from the checkpoint
+    Trainer<M> trainer(resumed, tcfg);
+    io::load_checkpoint(path, resumed, trainer);
+    if constexpr (std::is_same_v<Arch, MoeArch>) {
+      for (std::size_t l = 0; l < pending.size(); ++l) {
+        CHECK(resumed.layers()[l].ffn().router().pending_load() == pending[l]);
+        CHECK(std::accumulate(pending[l].begin(), pending[l].end(), std::size_t{0}) ==
+              (split % 2) * 2 * 8 * 2);
+      }
+    }
+    CHECK(trainer.batches() == split);
+    CHECK(trainer.optimizer_steps() == split / 2);
+    train(trainer, split, kBatches, losses);
+
+    REQUIRE(losses.size() == straight_losses.size());
+    for (std::size_t i = 0; i < losses.size(); ++i) {
+      CAPTURE(i);
+      CHECK(std::memcmp(&losses[i], &straight_losses[i], sizeof(double)) == 0);
+    }
+    CHECK(same_tensors(straight, resumed));
+    CHECK(resumed.rng().counter() == straight.rng().counter());
+    CHECK(trainer.optimizer().adamw().steps() == straight_trainer.optimizer().adamw().steps());
+  }
+
+  // The balancing really moved the biases, so the test covers restoring them.
+  if constexpr (std::is_same_v<Arch, MoeArch>) CHECK(bias_moved);
+}
+
+TEST_CASE("checkpoint: the test above would notice missing state") {
+  io_test::TempDir dir;
+  using M = Model<MoeArch, CPU>;
+  const auto cfg = tiny_config();
+  const auto tcfg = train_config();
+  M straight(cfg, 7);
+  Trainer<M> straight_trainer(straight, tcfg);
+  std::vector<double> straight_losses;
+  train(straight_trainer, 0, kBatches, straight_losses);
+
+  std::vector<double> losses;
+  M first(cfg, 7);
+  Trainer<M> first_trainer(first, tcfg);
+  train(first_trainer, 0, 4, losses);
+  io::save_weights(first, dir / "w.safetensors");
+  // Weights alone (fresh optimizer, fresh RNG position) do not continue the same run.
+  M resumed(cfg, 7);
+  Trainer<M> trainer(resumed, tcfg);
+  io::load_weights(resumed, dir / "w.safetensors");
+  trainer.set_progress(4, 2);
+  train(trainer, 4, kBatches, losses);
+  CHECK(losses != straight_losses);
+  CHECK_FALSE(same_tensors(straight, resumed));
+}
+
+TEST_CASE("checkpoint: mismatched models, trainers and files are refused") {
+  io_test::TempDir dir;
+  using M = Model<DenseArch, CPU>;
+  const auto cfg = tiny_config();
+  const auto tcfg = train_config();
+  M model(cfg, 1);
+  Trainer<M> trainer(model, tcfg);
+  std::vector<double> losses;
+  train(trainer, 0, 2, losses);
+  const auto path = dir / "ckpt.safetensors";
+  io::save_checkpoint(path, model, trainer);
+
+  SUBCASE("another architecture: the error names both") {
+    using Other = Model<MoeArch, CPU>;
+    Other other(cfg, 1);
+    Trainer<Other> other_trainer(other, tcfg);
+    CHECK_THROWS_WITH_AS(io::load_checkpoint(path, other, other_trainer),
+                         doctest::Contains(("a checkpoint of architecture '" + DenseArch::name() +
+                                            "' cannot be loaded into a model of architecture '" +
+                                            MoeArch::name() + "'")
+                                               .c_str()),
+                         invalid_input);
+  }
+  SUBCASE("another ModelConfig") {
+    auto changed = cfg;
+    changed.hidden_dropout = 0.2;
+    M other(changed, 1);
+    Trainer<M> other_trainer(other, tcfg);
+    CHECK_THROWS_WITH_AS(io::load_checkpoint(path, other, other_trainer),
+                         doctest::Contains("ModelConfig differs from the model's (checkpoint vs "
+                                           "model): hidden_dropout: 0.1 vs 0.2"),
+                         invalid_input);
+  }
+  SUBCASE("another TrainConfig") {
+    auto changed = tcfg;
+    changed.optimizer.adamw.beta2 = 0.95;
+    M other(cfg, 1);
+    Trainer<M> other_trainer(other, changed);
+    CHECK_THROWS_WITH_AS(io::load_checkpoint(path, other, other_trainer),
+                         doctest::Contains("TrainConfig differs from the trainer's (checkpoint vs "
+                                           "trainer): optimizer.adamw.beta2: 0.999 vs 0.95"),
+                         invalid_input);
+  }
+  SUBCASE("a trainer built for another model") {
+    M other(cfg, 1), stranger(cfg, 2);
+    Trainer<M> stranger_trainer(stranger, tcfg);
+    CHECK_THROWS_WITH_AS(io::load_checkpoint(path, other, stranger_trainer),
+                         doctest::Contains("was the trainer built for another model?"),
+                         invalid_input);
+  }
+  SUBCASE("a weights file is not a checkpoint, but a checkpoint's weights load") {
+    io::save_weights(model, dir / "w.safetensors");
+    M other(cfg, 1);
+    Trainer<M> other_trainer(other, tcfg);
+    CHECK_THROWS_WITH_AS(io::load_checkpoint(dir / "w.safetensors", other, other_trainer),
+                         doctest::Contains("not a training checkpoint"), invalid_input);
+    M fresh(cfg, 5);
+    io::load_weights(fresh, path);
+    CHECK(same_tensors(model, fresh));
+  }
+  SUBCASE("a missing optimizer tensor") {
+    const auto r = io::SafetensorsReader::open(path);
+    CHECK(r.find("optimizer.adamw.exp_avg.embed_tokens.weight") != nullptr);
+    CHECK(r.find("optimizer.adamw.exp_avg_sq.norm.weight") != nullptr);
+    CHECK(r.find("optimizer.muon.momentum_buffer.layers.0.mlp.up_proj.weight") != nullptr);
+    CHECK(r.find("trainer.grad.norm.weight") == nullptr);  // saved at an accumulation boundary
+    CHECK(*r.metadata_value("ablate.trainer.batches") == "2");
+    CHECK(*r.metadata_value("ablate.rng.seed") == "1");
+    io::SafetensorsWriter w;
+    for (const auto& [k, v] : r.metadata()) w.set_metadata(k, v);
+    for (const auto& info : r.tensors())
+      if (info.name != "optimizer.muon.momentum_buffer.layers.0.mlp.up_proj.weight")
+        w.add_raw(info.name, info.dtype, info.shape, r.read_bytes(info));
+    w.write(dir / "cut.safetensors");
+    M other(cfg, 1);
+    Trainer<M> other_trainer(other, tcfg);
+    const auto before = other.parameters().at("norm.weight").value;
+    CHECK_THROWS_WITH_AS(
+        io::load_checkpoint(dir / "cut.safetensors", other, other_trainer),
+        doctest::Contains(
+            "checkpoint lacks tensor 'optimizer.muon.momentum_buffer.layers.0.mlp.up_proj.weight'"),
+        invalid_input);
+    CHECK(other.parameters().at("norm.weight").value == before);
+    CHECK(other_trainer.batches() == 0);
+  }
+}
