@@ -5,6 +5,8 @@
 # with a message naming the Debian package that provides it and the project's installer,
 # cmake/install-deps.sh.  <pkg>_FOUND, <pkg>_VERSION and <pkg>_DIR reach the caller's scope;
 # imported targets are visible in the calling directory and below, as with find_package().
+set(ABLATE_INSTALL_DEPS_SCRIPT "${CMAKE_CURRENT_LIST_DIR}/install-deps.sh")
+
 function(ablate_require_package package debian_package)
   cmake_parse_arguments(PARSE_ARGV 2 arg "CONFIG" "VERSION;HINT" "COMPONENTS")
   if(arg_UNPARSED_ARGUMENTS)
@@ -38,7 +40,7 @@ function(ablate_require_package package debian_package)
       "Install the Debian package '${debian_package}':\n"
       "    sudo apt-get install ${debian_package}\n"
       "or install every dependency at once with:\n"
-      "    bash ${PROJECT_SOURCE_DIR}/cmake/install-deps.sh\n"
+      "    bash ${ABLATE_INSTALL_DEPS_SCRIPT}\n"
       "If it is installed in a non-standard place, pass -D${package}_DIR=<dir> or add its "
       "prefix to CMAKE_PREFIX_PATH.${hint}")
   endif()

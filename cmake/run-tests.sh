@@ -8,8 +8,9 @@
 #
 # Installs missing Debian packages first (cmake/install-deps.sh).  -g1 (line tables only) keeps
 # backtraces readable at half the compile time of -g.  The sanitizer build is a Debug build
-# (Eigen's bounds asserts on) without -march=native, and skips the benchmarks and the consume
-# tests (nested, unsanitized builds that the plain run covers).
+# (Eigen's bounds asserts on) without -march=native that builds and runs the unit tests only:
+# examples, benchmarks, consume tests and the fuzz run (itself ASan + UBSan) are the plain
+# run's.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +18,7 @@ sanitize=0
 build_dir=""
 ctest_args=()
 
-usage() { sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 while (($#)); do
   case "$1" in
@@ -41,7 +42,9 @@ if ((sanitize)); then
     -DABLATE_SANITIZE=ON
     -DABLATE_NATIVE=OFF
     -DABLATE_BUILD_BENCHMARKS=OFF
+    -DABLATE_BUILD_EXAMPLES=OFF
     -DABLATE_BUILD_CONSUME_TESTS=OFF
+    -DABLATE_FUZZ=OFF
   )
 else
   build_dir="${build_dir:-$root/build/tests}"

@@ -1,0 +1,248 @@
+// The shared main() of the experiment programs: flags -> data -> every model on every seed ->
+// ranking table, results.json and plots.  A program only describes its models.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <exception>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include <ablate/backend/cpu/memory.hpp>
+#include <ablate/version.hpp>
+
+#include "corpus.hpp"
+#include "models.hpp"
+#include "progress.hpp"
+#include "report.hpp"
+#include "settings.hpp"
+
+namespace examples {
+
+inline constexpr std::size_t kGpt2Vocab = 50257;
+
+// The skeleton every model of a program starts from.
+inline ablate::ModelConfig base_config(const Preset& p, std::size_t vocab) {
+  ablate::ModelConfig c;
+  c.vocab_size = vocab;
+  c.hidden_size = p.hidden;
+  c.num_attention_heads = p.heads;
+  c.num_hidden_layers = p.layers;
+  c.max_position_embeddings = p.seq;
+  c.hidden_dropout = 0.1;
+  c.attention_dropout = 0.1;
+  return c;
+}
+
+// The models of the protocol, narrowed to --models (in the order given there).
+inline std::vector<ModelSpec> select_models(const ExperimentDef& def, const Settings& s,
+                                            const ablate::ModelConfig& base) {
+  std::vector<ModelSpec> all = def.models(s.protocol, base);
+  if (s.models.empty()) return all;
+  std::vector<ModelSpec> chosen;
+  for (const std::string& name : s.models) {
+    auto it = std::find_if(all.begin(), all.end(), [&](const ModelSpec& m) { return m.name == name; });
+    if (it == all.end()) {
+      std::string valid;
+      for (const auto& m : all) valid += (valid.empty() ? "" : ", ") + m.name;
+      std::string hint;
+      for (const Protocol other : {Protocol::fixed, Protocol::seed}) {
+        if (other == s.protocol) continue;
+        for (const auto& m : def.models(other, base))
+          if (m.name == name) hint = " (\"" + name + "\" exists under --protocol " + to_string(other) + ")";
+      }
+      throw usage_error("unknown model \"" + name + "\" for --protocol " + to_string(s.protocol) +
+                        "; valid names: " + valid + hint);
+    }
+    if (std::find_if(chosen.begin(), chosen.end(), [&](const ModelSpec& m) { return m.name == name; }) ==
+        chosen.end())
+      chosen.push_back(*it);
+  }
+  return chosen;
+}
+
+// Applies --threads; returns the number of threads the kernels will use.
+inline std::size_t set_threads(std::size_t threads) {
+#if defined(_OPENMP)
+  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+  return static_cast<std::size_t>(omp_get_max_threads());
+#else
+  (void)threads;
+  return 1;
+#endif
+}
+
+inline std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
+  ablate::cpu::retain_freed_memory();
+  CommandLine cli(def);
+  try {
+    cli.app().parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = cli.app().exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  const std::string prog = def.program;
+  try {
+    const Settings s = cli.resolve(argc, argv);
+    const Preset& p = s.preset;
+
+    if (s.params_only) {
+      const std::size_t vocab =
+          s.params_vocab ? *s.params_vocab : (p.compact_vocab > 0 ? p.compact_vocab : kGpt2Vocab);
+      for (const ModelSpec& m : select_models(def, s, base_config(p, vocab)))
+        std::printf("%s %zu\n", m.name.c_str(), m.count(m.config).total);
+      return 0;
+    }
+    // Model names and the schedule are checked before any data is read.
+    (void)select_models(def, s, base_config(p, kGpt2Vocab));
+    ablate::TrainConfig train;
+    train.total_batches = s.steps;
+    train.warmup_divisor = def.warmup_divisor;
+    train.validate();
+    if (s.steps < train.grad_accumulation)
+      throw usage_error("--steps " + std::to_string(s.steps) + " is fewer than one optimizer step (" +
+                        std::to_string(train.grad_accumulation) + " batches of gradient accumulation)");
+
+    const std::size_t threads = set_threads(s.threads);
+    PreparedData data = prepare_data(s);
+    const std::vector<ModelSpec> models = select_models(def, s, base_config(p, data.vocab_size));
+
+    std::vector<ModelResults> results(models.size());
+    for (std::size_t i = 0; i < models.size(); ++i) {
+      results[i].spec = &models[i];
+      results[i].params = models[i].count(models[i].config);  // also checks the config
+    }
+
+    std::printf("%s\n%s protocol, %s preset: d %zu, %zu heads, %zu layer(s), seq %zu, batch %zu, "
+                "%zu batches (grad accumulation %zu), %zu seed(s), %zu thread(s)\n",
+                def.title.c_str(), to_string(s.protocol), p.name.c_str(), p.hidden, p.heads, p.layers,
+                p.seq, p.batch, s.steps, train.grad_accumulation, s.seeds.size(), threads);
+    std::printf("data: %s\n", data.summary.c_str());
+    for (const auto& m : results)
+      std::printf("  %-26s %9s params (%s active)  %s\n", m.spec->name.c_str(),
+                  short_count(m.params.total).c_str(), short_count(m.params.active).c_str(),
+                  m.spec->summary.c_str());
+    std::fflush(stdout);
+
+    json doc;
+    doc["program"] = prog;
+    doc["title"] = def.title;
+    doc["ablate_version"] = ablate::version;
+    doc["command_line"] = s.command_line;
+    doc["started_at"] = utc_now();
+    doc["complete"] = false;
+    doc["protocol"] = to_string(s.protocol);
+    doc["preset"] = p.name;
+    doc["backend"] = "cpu";
+    doc["machine"] = {{"hardware_threads", std::thread::hardware_concurrency()},
+                      {"threads_used", threads}};
+    doc["config"] = {
+        {"hidden_size", p.hidden},
+        {"num_attention_heads", p.heads},
+        {"num_hidden_layers", p.layers},
+        {"seq", p.seq},
+        {"batch", p.batch},
+        {"batches", s.steps},
+        {"eval_every", p.eval_every},
+        {"seeds", s.seeds},
+        {"train",
+         {{"grad_accumulation", train.grad_accumulation},
+          {"optimizer_steps", s.steps / train.grad_accumulation},
+          {"grad_clip", train.grad_clip},
+          {"schedule", "linear warmup, then cosine to min_lr_ratio; laid out over the batches, "
+                       "stepped once per optimizer step (the seed's LambdaLR)"},
+          {"schedule_total", train.schedule_total()},
+          {"warmup_divisor", train.warmup_divisor},
+          {"warmup_optimizer_steps", train.schedule_total() / train.warmup_divisor},
+          {"min_lr_ratio", train.min_lr_ratio},
+          {"muon_lr", train.optimizer.muon_lr},
+          {"adamw_lr", train.optimizer.adamw_lr},
+          {"adamw_weight_decay", train.optimizer.adamw.weight_decay},
+          {"dropout", 0.1}}}};
+    doc["data"] = data.info;
+
+    namespace fs = std::filesystem;
+    const fs::path results_file = s.out_dir / "results.json";
+    auto save = [&](bool complete) {
+      doc["complete"] = complete;
+      doc["models"] = models_json(results);
+      doc["ranking"] = ranking_json(results);
+      if (complete) doc["finished_at"] = utc_now();
+      // Paths and text are the user's: bytes that are not UTF-8 are replaced, not fatal.
+      ablate::data::write_file_atomically(
+          results_file, doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+    };
+
+    RunPlan plan;
+    plan.splits = &data.splits;
+    plan.batch = p.batch;
+    plan.steps = s.steps;
+    plan.eval_every = p.eval_every;
+    plan.train = train;
+    plan.eval_during = data.eval_during;
+    plan.eval_final = data.eval_final;
+
+    Progress progress;
+    const std::size_t total_runs = s.seeds.size() * models.size();
+    std::size_t run_index = 0;
+    for (const std::uint64_t seed : s.seeds) {
+      for (ModelResults& m : results) {
+        // Appended piece by piece: GCC 12 warns (-Wrestrict) about "literal" + std::string&&.
+        plan.label.assign(1, '[');
+        plan.label.append(std::to_string(++run_index)).append("/").append(std::to_string(total_runs));
+        plan.label.append("] ").append(m.spec->name).append(" seed ").append(std::to_string(seed));
+        RunResult r = m.spec->train(m.spec->config, plan, seed, progress);
+        char line[256];
+        std::snprintf(line, sizeof line,
+                      "%s: val loss %.4f, accuracy %.2f%%, perplexity %.2f; "
+                      "%s training (%.0f tok/s), %s eval",
+                      plan.label.c_str(), r.final.val_loss, 100 * r.final.val_accuracy,
+                      std::exp(r.final.val_loss), format_duration(r.train_time_s).c_str(), r.tokens_per_s,
+                      format_duration(r.eval_time_s).c_str());
+        progress.message(line);
+        m.runs.push_back(std::move(r));
+        save(false);
+      }
+    }
+    save(true);
+
+    std::string spread;
+    if (s.seeds.size() > 1) spread = ", mean ± std over " + std::to_string(s.seeds.size()) + " seeds";
+    std::printf("\n%s — ranked by validation loss (%s protocol, %s preset%s)\n", def.title.c_str(),
+                to_string(s.protocol), p.name.c_str(), spread.c_str());
+    std::printf("%s", ranking_table(results).c_str());
+    if (s.protocol == Protocol::seed)
+      std::printf("seed protocol: stride-1 windows split at random (validation overlaps training), "
+                  "3 validation batches, and attention without a causal mask where the seed had it\n");
+    const PlotFiles plots = write_plots(s.out_dir, results, def.title + " (" + to_string(s.protocol) +
+                                                                " protocol, " + p.name + " preset)",
+                                        s.protocol == Protocol::seed);
+    std::printf("\nresults: %s\n%s\n", results_file.string().c_str(), plots.note.c_str());
+    return 0;
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "%s: error: %s\nRun with --help for more information.\n", prog.c_str(), e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", prog.c_str(), e.what());
+    return 1;
+  }
+}
+
+}  // namespace examples

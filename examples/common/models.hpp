@@ -1,0 +1,78 @@
+// A model of an experiment: a name, an Architecture<...> type and its ModelConfig, with the
+// type erased behind two functions (count its parameters, train it once) so the programs can
+// keep their models in a list.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <type_traits>
+
+#include <ablate/ablate.hpp>
+
+#include "training.hpp"
+
+namespace examples {
+
+struct ParamCounts {
+  std::size_t total = 0;
+  std::size_t active = 0;  // what one token passes through: K of E routed experts, the rest whole
+};
+
+struct ModelSpec {
+  std::string name;          // as the seed named it, e.g. "attention_mlp_512d"
+  std::string summary;       // for people, e.g. "causal MLA + GatedMLP 512"
+  std::string architecture;  // Architecture<...>::name()
+  ablate::ModelConfig config;
+  std::function<ParamCounts(const ablate::ModelConfig&)> count;
+  std::function<RunResult(const ablate::ModelConfig&, const RunPlan&, std::uint64_t, Progress&)> train;
+};
+
+namespace detail {
+
+template <class FFN>
+concept RoutedMoE = requires {
+  FFN::n_routed_experts;
+  FFN::num_experts_per_tok;
+};
+
+// Total and active parameters of Model<Arch> at `cfg`.  Routed expert weights are the
+// parameters named "<layer>.mlp.experts.<e>.*"; a token uses K of the E experts of a layer.
+// The vocabulary enters a model only through its tied [vocab, d] embedding, so the model is
+// built with a vocabulary of 1 and the embedding's other vocab_size - 1 rows are added: the
+// count is exact and --params stays fast at the seed's sizes.
+template <class Arch>
+ParamCounts count_parameters(const ablate::ModelConfig& cfg) {
+  ablate::ModelConfig one = cfg;
+  one.vocab_size = 1;
+  const ablate::Model<Arch, ablate::CPU> model(one, 0);
+  std::size_t routed = 0, per_vocab_id = 0;
+  for (const auto& p : model.parameters()) {
+    if (p.name.find(".mlp.experts.") != std::string::npos) routed += p.numel();
+    if (p.role == ablate::ParamRole::Embedding) per_vocab_id += p.numel();  // [1, d]
+  }
+  ParamCounts counts;
+  counts.total = model.parameter_count() + (cfg.vocab_size - 1) * per_vocab_id;
+  counts.active = counts.total;
+  if constexpr (RoutedMoE<typename Arch::ffn>) {
+    constexpr std::size_t E = Arch::ffn::n_routed_experts, K = Arch::ffn::num_experts_per_tok;
+    counts.active = counts.total - routed + routed / E * K;
+  }
+  return counts;
+}
+
+}  // namespace detail
+
+template <class Arch>
+ModelSpec model_spec(std::string name, std::string summary, const ablate::ModelConfig& cfg) {
+  ModelSpec spec;
+  spec.name = std::move(name);
+  spec.summary = std::move(summary);
+  spec.architecture = Arch::name();
+  spec.config = cfg;
+  spec.count = &detail::count_parameters<Arch>;
+  spec.train = &train_run<Arch>;
+  return spec;
+}
+
+}  // namespace examples

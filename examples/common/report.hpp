@@ -1,0 +1,307 @@
+// What a finished (or partly finished) experiment reports: the ranking table for people,
+// results.json for programs, and validation-loss plots made with gnuplot.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <ablate/data/file_io.hpp>
+
+#include "models.hpp"
+#include "progress.hpp"
+
+namespace examples {
+
+using json = nlohmann::ordered_json;
+
+struct ModelResults {
+  const ModelSpec* spec = nullptr;
+  ParamCounts params;
+  std::vector<RunResult> runs;
+};
+
+struct Stat {
+  double mean = NAN, std = 0;
+  std::size_t n = 0;
+};
+
+inline Stat stat_of(const std::vector<double>& xs) {
+  Stat s;
+  s.n = xs.size();
+  if (xs.empty()) return s;
+  double sum = 0;
+  for (const double x : xs) sum += x;
+  s.mean = sum / static_cast<double>(xs.size());
+  if (xs.size() > 1) {
+    double ss = 0;
+    for (const double x : xs) ss += (x - s.mean) * (x - s.mean);
+    s.std = std::sqrt(ss / static_cast<double>(xs.size() - 1));  // sample standard deviation
+  }
+  return s;
+}
+
+template <class F>
+Stat stat_over_runs(const ModelResults& m, F field) {
+  std::vector<double> xs;
+  for (const RunResult& r : m.runs) xs.push_back(field(r));
+  return stat_of(xs);
+}
+
+inline double run_loss(const RunResult& r) { return r.final.val_loss; }
+inline double run_accuracy(const RunResult& r) { return r.final.val_accuracy; }
+inline double run_perplexity(const RunResult& r) { return std::exp(r.final.val_loss); }
+inline double run_time(const RunResult& r) { return r.train_time_s; }
+
+inline json stat_json(const Stat& s) {
+  return json{{"mean", std::isfinite(s.mean) ? json(s.mean) : json(nullptr)},
+              {"std", s.std},
+              {"n", s.n}};
+}
+
+// "1.23M", "456.8K", "999".
+inline std::string short_count(std::size_t n) {
+  char buf[32];
+  if (n >= 1000000) std::snprintf(buf, sizeof buf, "%.2fM", static_cast<double>(n) / 1e6);
+  else if (n >= 10000) std::snprintf(buf, sizeof buf, "%.1fK", static_cast<double>(n) / 1e3);
+  else std::snprintf(buf, sizeof buf, "%zu", n);
+  return buf;
+}
+
+// Models that finished at least one run, best mean validation loss first.
+inline std::vector<const ModelResults*> ranking(const std::vector<ModelResults>& results) {
+  std::vector<const ModelResults*> ranked;
+  for (const auto& m : results)
+    if (!m.runs.empty()) ranked.push_back(&m);
+  std::stable_sort(ranked.begin(), ranked.end(), [](const ModelResults* a, const ModelResults* b) {
+    const double la = stat_over_runs(*a, run_loss).mean, lb = stat_over_runs(*b, run_loss).mean;
+    if (std::isnan(la) != std::isnan(lb)) return std::isnan(lb);
+    return la < lb;
+  });
+  return ranked;
+}
+
+// The seed's ranking table; with several seeds each figure is mean +- sample std.
+inline std::string ranking_table(const std::vector<ModelResults>& results) {
+  const auto ranked = ranking(results);
+  bool spread = false;
+  for (const auto* m : ranked) spread = spread || m->runs.size() > 1;
+  auto fmt = [&](const Stat& s, const char* f, double scale) {
+    char a[64], b[64];
+    std::snprintf(a, sizeof a, f, s.mean * scale);
+    if (!spread) return std::string(a);
+    std::snprintf(b, sizeof b, f, s.std * scale);
+    return std::string(a) + " ± " + b;
+  };
+  auto fmt_time = [&](const Stat& s) {
+    std::string t = format_duration(s.mean);
+    if (spread) t += " ± " + format_duration(s.std);
+    return t;
+  };
+  std::size_t name_w = 5;
+  for (const auto* m : ranked) name_w = std::max(name_w, m->spec->name.size());
+  const int w = spread ? 17 : 10;
+  std::ostringstream out;
+  char line[512];
+  std::snprintf(line, sizeof line, "%4s  %-*s  %-*s  %-*s  %-*s  %-*s  %9s  %9s  %s\n", "rank",
+                static_cast<int>(name_w), "model", w, "val loss", w + 1, "accuracy", w + 2,
+                "perplexity", spread ? 15 : 8, "train time", "params", "active", "seeds");
+  out << line;
+  std::size_t rank = 0;
+  for (const auto* m : ranked) {
+    const std::string loss = fmt(stat_over_runs(*m, run_loss), "%.4f", 1);
+    const std::string acc = fmt(stat_over_runs(*m, run_accuracy), "%.2f", 100) + "%";
+    const std::string ppl = fmt(stat_over_runs(*m, run_perplexity), "%.2f", 1);
+    const std::string time = fmt_time(stat_over_runs(*m, run_time));
+    // The ± sign is two bytes in UTF-8 but one column on screen.
+    const int extra = spread ? 1 : 0;
+    std::snprintf(line, sizeof line, "%4zu  %-*s  %-*s  %-*s  %-*s  %-*s  %9s  %9s  %zu\n", ++rank,
+                  static_cast<int>(name_w), m->spec->name.c_str(), w + extra, loss.c_str(),
+                  w + 1 + extra, acc.c_str(), w + 2 + extra, ppl.c_str(), (spread ? 15 : 8) + extra,
+                  time.c_str(), short_count(m->params.total).c_str(),
+                  short_count(m->params.active).c_str(), m->runs.size());
+    out << line;
+  }
+  return out.str();
+}
+
+inline json model_config_json(const ablate::ModelConfig& c) {
+  return json{{"vocab_size", c.vocab_size},
+              {"hidden_size", c.hidden_size},
+              {"num_attention_heads", c.num_attention_heads},
+              {"num_hidden_layers", c.num_hidden_layers},
+              {"intermediate_size", c.intermediate_size},
+              {"max_position_embeddings", c.max_position_embeddings},
+              {"hidden_dropout", c.hidden_dropout},
+              {"attention_dropout", c.attention_dropout},
+              {"attention_bias", c.attention_bias},
+              {"q_lora_rank", c.q_lora_rank},
+              {"kv_lora_rank", c.kv_lora_rank},
+              {"qk_rope_head_dim", c.qk_rope_head_dim},
+              {"qk_nope_head_dim", c.qk_nope_head_dim},
+              {"v_head_dim", c.v_head_dim},
+              {"moe_intermediate_size", c.moe_intermediate_size},
+              {"n_shared_experts", c.n_shared_experts},
+              {"n_group", c.n_group},
+              {"topk_group", c.topk_group},
+              {"norm_topk_prob", c.norm_topk_prob},
+              {"routed_scaling_factor", c.routed_scaling_factor},
+              {"router_aux_loss_coef", c.router_aux_loss_coef},
+              {"router_noise_std", c.router_noise_std}};
+}
+
+inline json num(double x) { return std::isfinite(x) ? json(x) : json(nullptr); }
+
+inline json point_json(const EvalPoint& p) {
+  return json{{"batch", p.batch},
+              {"optimizer_steps", p.optimizer_steps},
+              {"tokens_seen", p.tokens_seen},
+              {"train_time_s", p.train_time_s},
+              {"train_loss", num(p.train_loss)},
+              {"val_loss", num(p.val_loss)},
+              {"val_accuracy", num(p.val_accuracy)},
+              {"val_perplexity", num(std::exp(p.val_loss))},
+              {"val_tokens", p.val_tokens},
+              {"all_validation", p.all_validation}};
+}
+
+inline json models_json(const std::vector<ModelResults>& results) {
+  json models = json::array();
+  for (const ModelResults& m : results) {
+    json runs = json::array();
+    for (const RunResult& r : m.runs) {
+      json curve = json::array();
+      for (const EvalPoint& p : r.curve) curve.push_back(point_json(p));
+      runs.push_back(json{{"seed", r.seed},
+                          {"val_loss", num(r.final.val_loss)},
+                          {"val_accuracy", num(r.final.val_accuracy)},
+                          {"val_perplexity", num(std::exp(r.final.val_loss))},
+                          {"train_time_s", r.train_time_s},
+                          {"eval_time_s", r.eval_time_s},
+                          {"tokens_per_s", r.tokens_per_s},
+                          {"curve", curve}});
+    }
+    models.push_back(json{{"name", m.spec->name},
+                          {"summary", m.spec->summary},
+                          {"architecture", m.spec->architecture},
+                          {"params_total", m.params.total},
+                          {"params_active", m.params.active},
+                          {"config", model_config_json(m.spec->config)},
+                          {"val_loss", stat_json(stat_over_runs(m, run_loss))},
+                          {"val_accuracy", stat_json(stat_over_runs(m, run_accuracy))},
+                          {"val_perplexity", stat_json(stat_over_runs(m, run_perplexity))},
+                          {"train_time_s", stat_json(stat_over_runs(m, run_time))},
+                          {"runs", runs}});
+  }
+  return models;
+}
+
+inline json ranking_json(const std::vector<ModelResults>& results) {
+  json r = json::array();
+  for (const auto* m : ranking(results)) r.push_back(m->spec->name);
+  return r;
+}
+
+// --- plots ------------------------------------------------------------------------------
+
+struct PlotFiles {
+  bool rendered = false;
+  std::string note;  // what happened, for people
+};
+
+inline std::string shell_single_quote(const std::string& s) {
+  std::string out = "'";
+  for (const char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// curves.dat (one block per model: batch, mean training time, mean and std of the validation
+// loss over seeds), plot.gp, and with gnuplot on PATH val_loss_vs_step.png and
+// val_loss_vs_time.png, all in `dir`.
+inline PlotFiles write_plots(const std::filesystem::path& dir, const std::vector<ModelResults>& results,
+                             const std::string& title, bool log_y) {
+  std::ostringstream dat;
+  dat << "# validation loss per model: batch  train_time_s(mean)  val_loss(mean)  val_loss(std)\n";
+  std::vector<std::string> names;
+  for (const ModelResults& m : results) {
+    if (m.runs.empty()) continue;
+    names.push_back(m.spec->name);
+    dat << "# " << m.spec->name << "\n";
+    std::size_t points = m.runs.front().curve.size();
+    for (const auto& r : m.runs) points = std::min(points, r.curve.size());
+    for (std::size_t i = 0; i < points; ++i) {
+      std::vector<double> loss, time;
+      for (const auto& r : m.runs) {
+        loss.push_back(r.curve[i].val_loss);
+        time.push_back(r.curve[i].train_time_s);
+      }
+      const Stat l = stat_of(loss), t = stat_of(time);
+      char line[160];
+      std::snprintf(line, sizeof line, "%zu %.3f %.6f %.6f\n", m.runs.front().curve[i].batch, t.mean,
+                    l.mean, l.std);
+      dat << line;
+    }
+    dat << "\n\n";
+  }
+  std::ostringstream gp;
+  gp << "# gnuplot script written by the ablate examples; run `gnuplot plot.gp` in this folder.\n"
+     << "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
+     << "  set terminal pngcairo size 1000,640 enhanced font ',11'\n"
+     << "} else {\n"
+     << "  set terminal png size 1000,640\n"
+     << "}\n"
+     << "set grid\nset key top right\n"
+     << "set ylabel 'validation loss (mean token cross-entropy)'\n";
+  if (log_y) gp << "set logscale y\n";
+  std::string escaped_title;
+  for (const char c : title) escaped_title += c == '\'' ? std::string("''") : std::string(1, c);
+  auto plot = [&](const char* output, const char* xlabel, const char* x) {
+    gp << "set output '" << output << "'\n"
+       << "set title '" << escaped_title << "' noenhanced\n"
+       << "set xlabel '" << xlabel << "'\n"
+       << "plot ";
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      gp << (i ? ", \\\n     " : "") << "'curves.dat' index " << i << " using " << x
+         << ":3:4 with yerrorlines lw 2 title '" << names[i] << "' noenhanced";
+    }
+    gp << "\n";
+  };
+  plot("val_loss_vs_step.png", "training batch", "1");
+  plot("val_loss_vs_time.png", "training time (s)", "2");
+
+  ablate::data::write_file_atomically(dir / "curves.dat", dat.str());
+  ablate::data::write_file_atomically(dir / "plot.gp", gp.str());
+
+  PlotFiles files;
+  if (names.empty()) {
+    files.note = "no finished runs to plot";
+    return files;
+  }
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
+    files.note = "gnuplot is not installed, so no PNG plots were made (install it with `apt-get "
+                 "install gnuplot-nox`, then run `gnuplot plot.gp` in " + dir.string() + ")";
+    return files;
+  }
+  const std::string cmd = "cd " + shell_single_quote(dir.string()) + " && gnuplot plot.gp >gnuplot.log 2>&1";
+  if (std::system(cmd.c_str()) != 0) {
+    files.note = "gnuplot failed (see " + (dir / "gnuplot.log").string() +
+                 "); curves.dat and plot.gp are there";
+    return files;
+  }
+  std::filesystem::remove(dir / "gnuplot.log");
+  files.rendered = true;
+  files.note = "plots: " + (dir / "val_loss_vs_step.png").string() + ", " +
+               (dir / "val_loss_vs_time.png").string();
+  return files;
+}
+
+}  // namespace examples

