@@ -8,6 +8,7 @@
 
 #include "ablate/core/error.hpp"
 #include "ablate/core/parameter.hpp"
+#include "ablate/train/optimizer_state.hpp"
 
 namespace ablate {
 
@@ -59,11 +60,7 @@ class AdamW {
   std::vector<State>& states() { return states_; }
   const std::vector<State>& states() const { return states_; }
   // The state of the parameter called `name`, or null.
-  State* find(const std::string& name) {
-    for (State& s : states_)
-      if (s.param->name == name) return &s;
-    return nullptr;
-  }
+  State* find(const std::string& name) { return find_state(states_, name); }
   // Steps taken so far (torch keeps the same count per parameter as state["step"]).
   std::int64_t steps() const { return steps_; }
   void set_steps(std::int64_t steps) { steps_ = steps; }

@@ -11,6 +11,7 @@
 
 #include "ablate/core/error.hpp"
 #include "ablate/core/parameter.hpp"
+#include "ablate/train/optimizer_state.hpp"
 #include "ablate/train/newton_schulz.hpp"
 
 namespace ablate {
@@ -76,11 +77,7 @@ class Muon {
   std::vector<State>& states() { return states_; }
   const std::vector<State>& states() const { return states_; }
   // The state of the parameter called `name`, or null.
-  State* find(const std::string& name) {
-    for (State& s : states_)
-      if (s.param->name == name) return &s;
-    return nullptr;
-  }
+  State* find(const std::string& name) { return find_state(states_, name); }
   // Steps taken so far (informational: Muon's update does not depend on it).
   std::int64_t steps() const { return steps_; }
   void set_steps(std::int64_t steps) { steps_ = steps; }
