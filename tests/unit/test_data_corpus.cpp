@@ -14,41 +14,15 @@
 #include "ablate/data/documents.hpp"
 #include "ablate/data/tokenized_corpus.hpp"
 
+#include "data_test_util.hpp"
+
 namespace {
 
+using data_test::TempDir;
+using data_test::error_of;
+using data_test::contains;
+
 namespace fs = std::filesystem;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("ablate-test-corpus-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path write(const std::string& name, std::string_view content) const {
-    std::ofstream out(path / name, std::ios::binary);
-    out.write(content.data(), static_cast<std::streamsize>(content.size()));
-    return path / name;
-  }
-};
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& haystack, std::string_view needle) {
-  return haystack.find(needle) != std::string::npos;
-}
 
 // In the corpus's layout: blank lines between sentences, a tab before a paragraph's first one.
 constexpr std::string_view kTagged =

@@ -10,7 +10,12 @@
 
 #include "ablate/data/dataset.hpp"
 
+#include "data_test_util.hpp"
+
 namespace {
+
+using data_test::error_of;
+using data_test::contains;
 
 using namespace ablate::data;
 
@@ -23,20 +28,6 @@ TokenizedCorpus numbered_corpus(std::size_t documents, std::size_t base_length =
     corpus.add_document(ids);
   }
   return corpus;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& haystack, std::string_view needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 // Every window's target is its input shifted by one token of the same stream.

@@ -11,23 +11,15 @@
 
 #include "ablate/data/token_cache.hpp"
 
+#include "data_test_util.hpp"
+
 namespace {
+
+using data_test::TempDir;
+using data_test::contains;
 
 namespace fs = std::filesystem;
 using namespace ablate::data;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("ablate-test-cache-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -52,10 +44,6 @@ std::string load_error(const fs::path& p) {
     return std::string("wrong exception type: ") + e.what();
   }
   return "(no error)";
-}
-
-bool contains(const std::string& haystack, std::string_view needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 TokenizedCorpus sample_corpus() {

@@ -13,29 +13,17 @@
 #include "ablate/data/bpe_tokenizer.hpp"
 #include "ablate/data/brown_gpt2.hpp"
 
+#include "data_test_util.hpp"
+
 namespace {
+
+using data_test::TempDir;
+using data_test::error_of;
+using data_test::contains;
 
 namespace fs = std::filesystem;
 using ablate::data::Gpt2Tokenizer;
 using Ids = std::vector<std::int32_t>;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("ablate-test-tokenizer-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path write(const std::string& name, std::string_view content) const {
-    std::ofstream out(path / name, std::ios::binary);
-    out.write(content.data(), static_cast<std::streamsize>(content.size()));
-    return path / name;
-  }
-};
 
 // UTF-8 of one code point, written out independently of utf8.hpp.
 std::string utf8_of(char32_t cp) {
@@ -97,20 +85,6 @@ std::string tiny_vocab_bpe() {
   std::string bpe = "#version: 0.2\n";
   for (const auto& m : kMerges) bpe += m + "\n";
   return bpe;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& haystack, std::string_view needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 }  // namespace
