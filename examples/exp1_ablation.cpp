@@ -4,6 +4,8 @@
 //   exp1_ablation --preset quick                    # the fixed protocol, 3 seeds, ~15 min on 2 cores
 //   exp1_ablation --preset quick --protocol seed    # the seed's runs as they were
 //   exp1_ablation --params --vocab 49152            # parameter counts at the seed's vocabulary
+//   exp1_ablation --preset quick --save-models models                   # keep the trained models
+//   exp1_ablation --preset quick --models mlp_512d --evaluate models/mlp_512d-seed0.safetensors
 //
 // Under --protocol seed the DeepSeek attention is unmasked (NonCausalMLA) and the "GLM4 MoE"
 // is the dense SwiGLU of width 10944 it really was (seed notes, flaws 1 and 3); under

@@ -1,5 +1,6 @@
 // The shared main() of the experiment programs: flags -> data -> every model on every seed ->
-// ranking table, results.json and plots.  A program only describes its models.
+// ranking table, results.json, plots and (--save-models) the trained models; or, with
+// --evaluate FILE, the evaluation of one saved model.  A program only describes its models.
 #pragma once
 
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include "models.hpp"
 #include "progress.hpp"
 #include "report.hpp"
+#include "saved_models.hpp"
 #include "settings.hpp"
 
 namespace examples {
@@ -89,6 +91,65 @@ inline std::string utc_now() {
   return buf;
 }
 
+// --evaluate FILE --models NAME: checks that the file holds a model of NAME's architecture,
+// prepares the data of the command line, and runs the last evaluation of a training run on the
+// saved model (the whole validation set under the fixed protocol, the seed's 3 batches under
+// the seed protocol).  With the data flags of the training run the figures are the run's.
+inline int evaluate_saved_model(const ExperimentDef& def, const Settings& s) {
+  const Preset& p = s.preset;
+  const ModelSpec spec = select_models(def, s, base_config(p, kGpt2Vocab)).front();
+  const std::filesystem::path& file = *s.evaluate_file;
+  SavedModelInfo info;
+  try {
+    info = inspect_saved_model(file);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string("cannot evaluate a saved model: ") + e.what());
+  }
+  if (info.architecture != spec.architecture)
+    throw std::runtime_error(file.string() + " holds a model of architecture '" + info.architecture +
+                             "'" + info.origin() + ", not the architecture of --models " + spec.name +
+                             " under --protocol " + to_string(s.protocol) + " ('" + spec.architecture +
+                             "')");
+
+  const std::size_t threads = set_threads(s.threads);
+  PreparedData data = prepare_data(s);
+  std::string trained_with;
+  if (!info.meta(saved::command_line).empty())
+    trained_with = std::string("; it was trained with: ") + info.meta(saved::command_line);
+  if (info.config.vocab_size != data.vocab_size)
+    throw std::runtime_error(file.string() + ": the model has a vocabulary of " +
+                             std::to_string(info.config.vocab_size) +
+                             " ids but the data of this command line has " +
+                             std::to_string(data.vocab_size) +
+                             "; evaluate it with the data flags of its training run" + trained_with);
+  if (p.seq > info.config.max_position_embeddings)
+    throw std::runtime_error(file.string() + ": the validation windows hold " +
+                             std::to_string(p.seq) + " tokens, the model takes at most " +
+                             std::to_string(info.config.max_position_embeddings) + " (--seq)" +
+                             trained_with);
+
+  std::printf("%s: evaluating %s\nmodel: %s, %s params (%s)%s\n%s protocol, %zu thread(s)\ndata: %s\n",
+              def.program.c_str(), file.string().c_str(), spec.name.c_str(),
+              short_count(spec.count(info.config).total).c_str(), info.architecture.c_str(),
+              info.origin().c_str(), to_string(s.protocol), threads, data.summary.c_str());
+  std::fflush(stdout);
+
+  RunPlan plan;
+  plan.splits = &data.splits;
+  plan.batch = p.batch;
+  plan.eval_final = data.eval_final;
+  const EvalPoint point = spec.evaluate(file, info.config, plan);
+  std::printf("val loss %.6f, accuracy %.4f%%, perplexity %.2f (%zu validation tokens, %s)\n",
+              point.val_loss, 100 * point.val_accuracy, std::exp(point.val_loss), point.val_tokens,
+              point.all_validation ? "the whole validation set"
+                                   : "the validation batches of the last evaluation");
+  const auto loss = info.number(saved::val_loss), accuracy = info.number(saved::val_accuracy);
+  if (loss && accuracy)
+    std::printf("when saved: val loss %.6f, accuracy %.4f%% (%s validation tokens)\n", *loss,
+                100 * *accuracy, info.meta(saved::val_tokens).c_str());
+  return 0;
+}
+
 inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
   ablate::cpu::retain_freed_memory();
   CommandLine cli(def);
@@ -110,6 +171,7 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
         std::printf("%s %zu\n", m.name.c_str(), m.count(m.config).total);
       return 0;
     }
+    if (s.evaluate_file) return evaluate_saved_model(def, s);
     // Model names and the schedule are checked before any data is read.
     (void)select_models(def, s, base_config(p, kGpt2Vocab));
     ablate::TrainConfig train;
@@ -135,6 +197,15 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
                 def.title.c_str(), to_string(s.protocol), p.name.c_str(), p.hidden, p.heads, p.layers,
                 p.seq, p.batch, s.steps, train.grad_accumulation, s.seeds.size(), threads);
     std::printf("data: %s\n", data.summary.c_str());
+    if (s.save_dir) {
+      // Made now, so that a folder that cannot be made fails before any training.
+      std::error_code ec;
+      std::filesystem::create_directories(*s.save_dir, ec);
+      if (ec || !std::filesystem::is_directory(*s.save_dir))
+        throw std::runtime_error(std::string("cannot create the --save-models folder ") +
+                                 s.save_dir->string() + ": " + (ec ? ec.message() : "not a directory"));
+      std::printf("trained models go to %s\n", s.save_dir->string().c_str());
+    }
     for (const auto& m : results)
       std::printf("  %-26s %9s params (%s active)  %s\n", m.spec->name.c_str(),
                   short_count(m.params.total).c_str(), short_count(m.params.active).c_str(),
@@ -198,6 +269,13 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
     plan.train = train;
     plan.eval_during = data.eval_during;
     plan.eval_final = data.eval_final;
+    if (s.save_dir) {
+      plan.save_dir = *s.save_dir;
+      plan.save_metadata = {{saved::program, prog},
+                            {saved::protocol, to_string(s.protocol)},
+                            {saved::preset, p.name},
+                            {saved::command_line, s.command_line}};
+    }
 
     Progress progress;
     const std::size_t total_runs = s.seeds.size() * models.size();
@@ -208,6 +286,7 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
         plan.label.assign(1, '[');
         plan.label.append(std::to_string(++run_index)).append("/").append(std::to_string(total_runs));
         plan.label.append("] ").append(m.spec->name).append(" seed ").append(std::to_string(seed));
+        if (s.save_dir) plan.save_metadata[saved::model] = m.spec->name;
         RunResult r = m.spec->train(m.spec->config, plan, seed, progress);
         char line[256];
         std::snprintf(line, sizeof line,
@@ -216,7 +295,8 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
                       plan.label.c_str(), r.final.val_loss, 100 * r.final.val_accuracy,
                       std::exp(r.final.val_loss), format_duration(r.train_time_s).c_str(), r.tokens_per_s,
                       format_duration(r.eval_time_s).c_str());
-        progress.message(line);
+        progress.message(r.model_file.empty() ? std::string(line)
+                                              : std::string(line) + "; saved to " + r.model_file);
         m.runs.push_back(std::move(r));
         save(false);
       }

@@ -1,9 +1,10 @@
 // A model of an experiment: a name, an Architecture<...> type and its ModelConfig, with the
-// type erased behind two functions (count its parameters, train it once) so the programs can
-// keep their models in a list.
+// type erased behind three functions (count its parameters, train it once, evaluate a saved
+// one) so the programs can keep their models in a list.
 #pragma once
 
 #include <cstddef>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <type_traits>
@@ -26,6 +27,9 @@ struct ModelSpec {
   ablate::ModelConfig config;
   std::function<ParamCounts(const ablate::ModelConfig&)> count;
   std::function<RunResult(const ablate::ModelConfig&, const RunPlan&, std::uint64_t, Progress&)> train;
+  // Loads a file saved from this architecture (with the file's ModelConfig) and evaluates it.
+  std::function<EvalPoint(const std::filesystem::path&, const ablate::ModelConfig&, const RunPlan&)>
+      evaluate;
 };
 
 namespace detail {
@@ -72,6 +76,7 @@ ModelSpec model_spec(std::string name, std::string summary, const ablate::ModelC
   spec.config = cfg;
   spec.count = &detail::count_parameters<Arch>;
   spec.train = &train_run<Arch>;
+  spec.evaluate = &evaluate_saved<Arch>;
   return spec;
 }
 

@@ -181,14 +181,16 @@ inline json models_json(const std::vector<ModelResults>& results) {
     for (const RunResult& r : m.runs) {
       json curve = json::array();
       for (const EvalPoint& p : r.curve) curve.push_back(point_json(p));
-      runs.push_back(json{{"seed", r.seed},
-                          {"val_loss", num(r.final.val_loss)},
-                          {"val_accuracy", num(r.final.val_accuracy)},
-                          {"val_perplexity", num(std::exp(r.final.val_loss))},
-                          {"train_time_s", r.train_time_s},
-                          {"eval_time_s", r.eval_time_s},
-                          {"tokens_per_s", r.tokens_per_s},
-                          {"curve", curve}});
+      json run{{"seed", r.seed},
+               {"val_loss", num(r.final.val_loss)},
+               {"val_accuracy", num(r.final.val_accuracy)},
+               {"val_perplexity", num(std::exp(r.final.val_loss))},
+               {"train_time_s", r.train_time_s},
+               {"eval_time_s", r.eval_time_s},
+               {"tokens_per_s", r.tokens_per_s}};
+      if (!r.model_file.empty()) run["model_file"] = r.model_file;
+      run["curve"] = curve;
+      runs.push_back(std::move(run));
     }
     models.push_back(json{{"name", m.spec->name},
                           {"summary", m.spec->summary},

@@ -76,6 +76,8 @@ struct Settings {
   bool params_only = false;
   std::optional<std::size_t> params_vocab;
   std::size_t threads = 0;  // 0: OpenMP's default (all cores, or OMP_NUM_THREADS)
+  std::optional<fs::path> save_dir;       // --save-models: one file per model and seed
+  std::optional<fs::path> evaluate_file;  // --evaluate: evaluate this saved model and exit
   std::string command_line;
 };
 
@@ -173,6 +175,14 @@ class CommandLine {
     app_.add_option("--vocab", vocab_,
                     "GPT-2 format vocab.bpe (with --encoder); with --params: a vocabulary size");
     app_.add_option("--out", out_, "folder for results.json and the plots");
+    app_.add_option("--save-models", save_models_,
+                    "save every trained model to DIR/<model>-seed<seed>.safetensors (weights "
+                    "under Hugging Face names, architecture and config in the metadata)")
+        ->type_name("DIR");
+    app_.add_option("--evaluate", evaluate_,
+                    "evaluate a saved model on the validation set and exit; --models NAME names "
+                    "its architecture, the data flags its data")
+        ->type_name("FILE");
     app_.add_flag("--params", params_, "print 'name parameter_count' per model and exit");
     app_.add_flag("--tiny", tiny_, "a tiny model for smoke tests (d 32, 2 heads, 1 layer, seq 16, batch 4)");
     app_.add_option("--hidden", hidden_, "hidden size (overrides the preset)")->check(CLI::PositiveNumber);
@@ -251,6 +261,19 @@ class CommandLine {
     s.data_dir = data_;
     for (const auto& t : texts_) s.texts.emplace_back(t);
 
+    if (!evaluate_.empty()) {
+      if (params_) throw usage_error("--evaluate and --params cannot be combined");
+      if (!save_models_.empty())
+        throw usage_error("--evaluate trains nothing, so --save-models has nothing to save");
+      if (s.models.size() != 1)
+        throw usage_error("--evaluate FILE needs --models NAME: the one model (architecture) the "
+                          "file holds");
+      s.evaluate_file = fs::path(evaluate_);
+    }
+    if (!save_models_.empty()) {
+      if (params_) throw usage_error("--params trains nothing, so --save-models has nothing to save");
+      s.save_dir = fs::path(save_models_);
+    }
     if (params_) {
       if (!vocab_.empty()) {
         const auto v = detail::parse_uint(vocab_);
@@ -279,7 +302,7 @@ class CommandLine {
   std::string seeds_, models_;
   std::string data_ = ".cache/ablate-data";
   std::vector<std::string> texts_;
-  std::string encoder_, vocab_, out_;
+  std::string encoder_, vocab_, out_, save_models_, evaluate_;
   bool params_ = false, tiny_ = false;
   std::size_t hidden_ = 0, heads_ = 0, layers_ = 0, seq_ = 0, batch_ = 0;
   std::size_t eval_every_ = 0, eval_windows_ = 0, compact_vocab_ = 0, threads_ = 0;

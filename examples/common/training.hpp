@@ -1,11 +1,14 @@
 // One training run of one model on one seed: the seed's loop (ablate::Trainer: accumulation,
-// clipping, Muon + AdamW, the LambdaLR schedule), evaluations along the way and at the end.
+// clipping, Muon + AdamW, the LambdaLR schedule), evaluations along the way and at the end,
+// and optionally the trained model saved to a file; and the evaluation of a saved model.
 #pragma once
 
 #include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -15,6 +18,7 @@
 #include <ablate/train/trainer.hpp>
 
 #include "progress.hpp"
+#include "saved_models.hpp"
 
 namespace examples {
 
@@ -38,6 +42,7 @@ struct RunResult {
   double train_time_s = 0;          // training steps only
   double eval_time_s = 0;
   double tokens_per_s = 0;          // training throughput
+  std::string model_file;           // where the trained model was saved ("" if it was not)
 };
 
 // What every run of an experiment shares.
@@ -50,6 +55,8 @@ struct RunPlan {
   std::vector<std::size_t> eval_during;  // validation windows of the evaluations before the last
   std::vector<std::size_t> eval_final;   // validation windows of the last evaluation
   std::string label;                     // progress-bar prefix, e.g. "[2/15] mlp_512d seed 1"
+  std::filesystem::path save_dir;        // save the trained model here (empty: do not save)
+  std::map<std::string, std::string> save_metadata;  // example.* keys of the saved file
 };
 
 namespace detail {
@@ -139,7 +146,26 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
   result.final = result.curve.back();
   result.tokens_per_s =
       static_cast<double>(plan.steps * tokens_per_batch) / std::max(1e-9, result.train_time_s);
+  if (!plan.save_dir.empty()) {
+    const auto file = saved_model_path(plan.save_dir, plan.save_metadata.at(saved::model), seed);
+    save_trained_model(model, file, plan.save_metadata, seed, result.final.val_loss,
+                       result.final.val_accuracy, result.final.val_tokens);
+    result.model_file = file.string();
+  }
   return result;
+}
+
+// Loads the model saved in `file` (a Model<Arch> of ModelConfig `cfg`) and runs the last
+// evaluation of a training run on it: plan.eval_final windows of the validation set.
+template <class Arch>
+EvalPoint evaluate_saved(const std::filesystem::path& file, const ablate::ModelConfig& cfg,
+                         const RunPlan& plan) {
+  ablate::Model<Arch, ablate::CPU> model(cfg, 0);
+  ablate::io::load_weights(model, file);
+  EvalPoint point;
+  point.all_validation = plan.eval_final.size() == plan.splits->validation.size();
+  detail::evaluate(model, plan.splits->validation, plan.eval_final, plan.batch, point);
+  return point;
 }
 
 }  // namespace examples

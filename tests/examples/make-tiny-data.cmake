@@ -3,6 +3,7 @@
 #   DIR/corpus-brown/ca01 ... cb04               eight short documents in the Brown corpus format
 #   DIR/text/story1.txt, story2.txt              the same kind of text as plain files
 #   DIR/bad/empty.txt, DIR/bad/encoder.json      an empty text and a corrupt encoder.json
+#   DIR/bad/model.safetensors                    a corrupt saved model (text, not safetensors)
 # The sentences come from a small grammar driven by a fixed linear congruential generator, so
 # every run writes the same bytes.  Only lowercase letters, spaces, '.' and newlines occur:
 # symbols the tiny encoder.json has.
@@ -66,3 +67,4 @@ file(WRITE "${DIR}/text/story1.txt" "${story1}")
 file(WRITE "${DIR}/text/story2.txt" "${story2}")
 file(WRITE "${DIR}/bad/empty.txt" "")
 file(WRITE "${DIR}/bad/encoder.json" "{\"a\": 0, \"b\": oops")
+file(WRITE "${DIR}/bad/model.safetensors" "this is not a safetensors file\n")

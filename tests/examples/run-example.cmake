@@ -1,20 +1,25 @@
 # Runs one example program for CTest and checks what it did.
 #
-#   cmake -DMODE=<train|fail|params> -DPROGRAM=<exe> -DARGS=<a|b|...> [-DOUT=<dir>]
+#   cmake -DMODE=<train|fail|params|evaluate> -DPROGRAM=<exe> -DARGS=<a|b|...> [-DOUT=<dir>]
 #         [-DEXPECT=<regex|regex...>] [-DMODELS=<name|name...>] [-DSEEDS=<n>] [-DPROTOCOL=<p>]
-#         [-DGNUPLOT=<path or empty>] -P run-example.cmake
+#         [-DFILES=<path|path...>] [-DGNUPLOT=<path or empty>] -P run-example.cmake
 #
-#   train   exit 0; OUT/results.json parses and holds, for each of MODELS in order, SEEDS runs
-#           with finite validation figures and a curve; curves.dat and plot.gp exist, and the
-#           PNG plots too when GNUPLOT names a gnuplot.
-#   fail    exit status not 0, stderr matches every EXPECT regex, and OUT was never created.
-#   params  exit 0 and every EXPECT regex matches a whole line of stdout.
+#   train     exit 0; OUT/results.json parses and holds, for each of MODELS in order, SEEDS runs
+#             with finite validation figures and a curve; curves.dat and plot.gp exist, and the
+#             PNG plots too when GNUPLOT names a gnuplot.  FILES (paths under OUT) exist, and
+#             their folders hold nothing else (no temporary files left behind); when FILES are
+#             given, every run of results.json names one of them as its model_file.
+#   fail      exit status not 0, stderr matches every EXPECT regex, and OUT was never created.
+#   params    exit 0 and every EXPECT regex matches a whole line of stdout.
+#   evaluate  exit 0, stdout matches every EXPECT regex, and its "val loss X, accuracy Y%"
+#             line repeats the "when saved: val loss X, accuracy Y%" line to the digit.
 # Lists use '|' because CTest would split ';'.
 cmake_minimum_required(VERSION 3.25)
 
 string(REPLACE "|" ";" args "${ARGS}")
 string(REPLACE "|" ";" expect "${EXPECT}")
 string(REPLACE "|" ";" models "${MODELS}")
+string(REPLACE "|" ";" files "${FILES}")
 
 if(OUT)
   file(REMOVE_RECURSE "${OUT}")
@@ -70,9 +75,51 @@ if(MODE STREQUAL "params")
   return()
 endif()
 
+if(MODE STREQUAL "evaluate")
+  foreach(regex IN LISTS expect)
+    if(NOT stdout MATCHES "${regex}")
+      fail_test("stdout does not match '${regex}'")
+    endif()
+  endforeach()
+  set(number "([0-9]+\\.[0-9]+)")
+  if(NOT stdout MATCHES "(^|\n)val loss ${number}, accuracy ${number}%")
+    fail_test("stdout has no 'val loss X, accuracy Y%' line")
+  endif()
+  set(figures "${CMAKE_MATCH_2} ${CMAKE_MATCH_3}")
+  if(NOT stdout MATCHES "\nwhen saved: val loss ${number}, accuracy ${number}%")
+    fail_test("stdout has no 'when saved: val loss X, accuracy Y%' line")
+  endif()
+  set(saved_figures "${CMAKE_MATCH_1} ${CMAKE_MATCH_2}")
+  if(NOT figures STREQUAL saved_figures)
+    string(CONCAT what "the saved model evaluates to ${figures}, "
+                       "the training run ended with ${saved_figures} (val loss, accuracy)")
+    fail_test("${what}")
+  endif()
+  return()
+endif()
+
 if(NOT MODE STREQUAL "train")
   message(FATAL_ERROR "run-example.cmake: unknown MODE '${MODE}'")
 endif()
+
+# Files the run must leave (saved models), alone in their folders.
+set(folders "")
+foreach(file IN LISTS files)
+  if(NOT EXISTS "${OUT}/${file}")
+    fail_test("${OUT}/${file} was not written")
+  endif()
+  get_filename_component(folder "${file}" DIRECTORY)
+  list(APPEND folders "${folder}")
+endforeach()
+list(REMOVE_DUPLICATES folders)
+foreach(folder IN LISTS folders)
+  file(GLOB present RELATIVE "${OUT}" "${OUT}/${folder}/*")
+  foreach(entry IN LISTS present)
+    if(NOT entry IN_LIST files)
+      fail_test("${OUT}/${entry} should not be there")
+    endif()
+  endforeach()
+endforeach()
 
 if(NOT stdout MATCHES "ranked by validation loss")
   fail_test("stdout has no ranking table")
@@ -154,11 +201,19 @@ foreach(i RANGE ${last_model})
     json_get(final_loss "${json}" models ${i} runs ${r} curve ${last_point} val_loss)
     json_get(all "${json}" models ${i} runs ${r} curve ${last_point} all_validation)
     if(NOT final_loss STREQUAL loss)
-      fail_test("results.json: ${name} run ${r}: the last curve point (${final_loss}) "
-                "is not the result (${loss})")
+      string(CONCAT what "results.json: ${name} run ${r}: "
+                         "the last curve point (${final_loss}) is not the result (${loss})")
+      fail_test("${what}")
     endif()
     if(protocol STREQUAL "fixed" AND NOT all)
       fail_test("results.json: ${name} run ${r}: the final evaluation did not cover the validation set")
+    endif()
+    if(files)
+      json_get(model_file "${json}" models ${i} runs ${r} model_file)
+      file(RELATIVE_PATH model_file "${OUT}" "${model_file}")
+      if(NOT model_file IN_LIST files)
+        fail_test("results.json: ${name} run ${r}: model_file '${model_file}' is not a saved file")
+      endif()
     endif()
   endforeach()
 endforeach()
