@@ -7,74 +7,19 @@
 // Run: bench_cpu --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
-#include <ablate/ablate.hpp>
 #include <ablate/backend/cpu/memory.hpp>
-#include <ablate/train/hybrid_optimizer.hpp>
-#include <ablate/train/schedule.hpp>
-#include <ablate/train/clip.hpp>
 
-#include "flops.hpp"
+#include "block_bench.hpp"
 
 namespace {
 
 using namespace ablate;
+using namespace ablate::bench;
 using Mat = CPU::Tensor;
-
-constexpr std::size_t kBatch = 16, kSeq = 256, kTokens = kBatch * kSeq;
-
-ModelConfig experiment1_config() {
-  ModelConfig cfg;  // defaults: d 512, 8 heads, 3 layers, d_ff 2048, seq 256, MLA sizes of Exp. 1
-  cfg.vocab_size = 49152;
-  return cfg;
-}
-
-void set_rates(benchmark::State& state, double flops_per_iteration) {
-  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(kTokens),
-                                                  benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["FLOP/s"] = benchmark::Counter(flops_per_iteration,
-                                                benchmark::Counter::kIsIterationInvariantRate,
-                                                benchmark::Counter::kIs1000);
-}
-
-Mat random_activations(Eigen::Index cols, std::uint64_t key) {
-  Mat x(static_cast<Eigen::Index>(kTokens), cols);
-  CPU::fill_normal(x, key, 1.0);
-  return x;
-}
-
-// One block with its parameters and activations at the benchmark size.
-template <class Block>
-struct BlockBench {
-  ParameterStore<CPU> store;
-  Initializer init{1, 0.02, InitScheme::Normal};
-  RandomStream rng{7};
-  PassContext ctx{true, kBatch, kSeq, &rng, 1.0};
-  Block block;
-  Mat x, y, dx, dy;
-
-  template <class Make>
-  explicit BlockBench(Make make) : block(make(store, init)) {
-    x = random_activations(512, 3);
-  }
-  void forward() {
-    if constexpr (requires { block.forward(y, x, ctx); }) block.forward(y, x, ctx);
-    else block.forward(y, x);
-  }
-  double matrix_flops_per_token() const {
-    if constexpr (requires { Block::experts_count; }) {
-      return bench::matrix_flops_per_token(store, static_cast<double>(Block::top_k) /
-                                                      static_cast<double>(Block::experts_count));
-    } else {
-      return bench::matrix_flops_per_token(store);
-    }
-  }
-};
 
 template <class Policy>
 void block_forward(benchmark::State& state, double extra_flops_per_token) {
-  const auto cfg = experiment1_config();
-  BlockBench<typename Policy::template Block<CPU>> b(
-      [&](ParameterStore<CPU>& s, Initializer& i) { return Policy::template make<CPU>(s, i, "block", cfg); });
+  BlockBench<Policy, CPU> b(experiment1_config());
   b.forward();  // warm-up: first-touch allocation stays out of the timing
   for (auto _ : state) {
     b.forward();
@@ -85,21 +30,17 @@ void block_forward(benchmark::State& state, double extra_flops_per_token) {
 
 template <class Policy>
 void block_backward(benchmark::State& state, double extra_flops_per_token) {
-  const auto cfg = experiment1_config();
-  BlockBench<typename Policy::template Block<CPU>> b(
-      [&](ParameterStore<CPU>& s, Initializer& i) { return Policy::template make<CPU>(s, i, "block", cfg); });
+  BlockBench<Policy, CPU> b(experiment1_config());
   b.forward();
-  b.dy = random_activations(b.y.cols(), 4);
-  b.block.backward(b.dx, b.dy);  // warm-up
+  b.dy = random_activations<CPU>(b.y.cols(), 4);
+  b.backward();  // warm-up
   for (auto _ : state) {
-    b.block.backward(b.dx, b.dy);
+    b.backward();
     benchmark::DoNotOptimize(b.dx.data());
   }
   set_rates(state, 2.0 * (b.matrix_flops_per_token() + extra_flops_per_token) * kTokens);
 }
 
-double mha_attention_flops() { return bench::attention_flops_per_token(kSeq, 8, 64, 64, 1); }
-double mla_attention_flops() { return bench::attention_flops_per_token(kSeq, 8, 64, 64, 1); }
 
 void BM_RMSNorm_forward(benchmark::State& s) { block_forward<RMS>(s, 0); }
 void BM_RMSNorm_backward(benchmark::State& s) { block_backward<RMS>(s, 0); }
@@ -165,28 +106,11 @@ BENCHMARK(BM_EmbeddingHeadLoss)->Unit(benchmark::kMillisecond)->UseRealTime()->I
 // One optimizer step of the seed recipe on the mlp_512d architecture: forward, backward,
 // gradient clipping and the Muon + AdamW update.
 void BM_TrainStep_mlp_512d(benchmark::State& state) {
-  const auto cfg = experiment1_config();
   using Arch = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
-  Model<Arch, CPU> model(cfg, 42);
-  model.train(true);
-  HybridOptimizer<CPU> optimizer(model.parameters());
-  Tokens inputs(kBatch, kSeq), targets(kBatch, kSeq);
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    inputs[i] = static_cast<int>((i * 7919) % cfg.vocab_size);
-    targets[i] = static_cast<int>((i * 104729 + 1) % cfg.vocab_size);
-  }
-  auto step = [&] {
-    model.zero_grad();
-    const auto stats = model.forward_backward(inputs, targets);
-    benchmark::DoNotOptimize(stats.loss);
-    clip_grad_norm(model.parameters(), 1.0);
-    optimizer.step(1.0);
-  };
-  step();  // warm-up: allocations and optimizer state
-  for (auto _ : state) step();
-  const double per_token = 3.0 * (bench::projection_flops_per_token(model.parameters(), cfg) +
-                                  bench::attention_flops_per_token(kSeq, 8, 64, 64, cfg.num_hidden_layers));
-  set_rates(state, per_token * kTokens);
+  TrainStepBench<Arch, CPU> b;
+  b.step();  // warm-up: allocations and optimizer state
+  for (auto _ : state) benchmark::DoNotOptimize(b.step());
+  set_rates(state, b.flops(1.0, mha_attention_flops(b.cfg.num_hidden_layers)));
 }
 BENCHMARK(BM_TrainStep_mlp_512d)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
 

@@ -9,8 +9,8 @@
 # Installs missing Debian packages first (cmake/install-deps.sh).  -g1 (line tables only) keeps
 # backtraces readable at half the compile time of -g.  The sanitizer build is a Debug build
 # (Eigen's bounds asserts on) without -march=native that builds and runs the unit tests only:
-# examples, benchmarks, consume tests and the fuzz run (itself ASan + UBSan) are the plain
-# run's.
+# examples, benchmarks, consume tests, the CUDA tests and the fuzz run (itself ASan + UBSan)
+# are the plain run's.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,6 +45,7 @@ if ((sanitize)); then
     -DABLATE_BUILD_EXAMPLES=OFF
     -DABLATE_BUILD_CONSUME_TESTS=OFF
     -DABLATE_FUZZ=OFF
+    -DABLATE_CUDA=OFF
   )
 else
   build_dir="${build_dir:-$root/build/tests}"

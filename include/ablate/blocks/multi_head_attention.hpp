@@ -9,6 +9,7 @@
 
 #include "ablate/blocks/dropout.hpp"
 #include "ablate/blocks/linear.hpp"
+#include "ablate/core/rope_layout.hpp"
 #include "ablate/core/attention_shape.hpp"
 #include "ablate/core/config.hpp"
 

@@ -17,6 +17,7 @@
 #include "ablate/blocks/linear.hpp"
 #include "ablate/blocks/multi_head_attention.hpp"
 #include "ablate/blocks/rms_norm.hpp"
+#include "ablate/core/rope_layout.hpp"
 #include "ablate/core/attention_shape.hpp"
 #include "ablate/core/config.hpp"
 

@@ -12,4 +12,11 @@ struct LossStats {
   std::size_t tokens = 0;  // tokens the means are taken over
 };
 
+// What a backend's cross-entropy kernel returns: sums over the rows it saw.
+struct LossSums {
+  double loss_sum = 0;  // sum over rows of -log p(target)
+  std::size_t correct = 0;
+  std::size_t count = 0;
+};
+
 }  // namespace ablate

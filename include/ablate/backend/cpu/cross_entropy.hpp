@@ -7,14 +7,9 @@
 #include <vector>
 
 #include "ablate/backend/cpu/tensor.hpp"
+#include "ablate/core/loss_stats.hpp"
 
 namespace ablate::cpu {
-
-struct LossSums {
-  double loss_sum = 0;   // sum over rows of -log p(target)
-  std::size_t correct = 0;
-  std::size_t count = 0;
-};
 
 template <class S>
 struct CrossEntropyKernels {

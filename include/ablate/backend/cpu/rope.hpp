@@ -1,20 +1,11 @@
-// Rotary position embedding applied in place to a slice of every head.
-//
-// Pair i of a head (elements 2i and 2i+1) rotates by position * theta^(-2i / rope_dim).
-// Interleaved: the rotated pair is written back to 2i, 2i+1.
-// DeepSeek:    DeepSeek de-interleaves before its rotate-half rotation, so the pair lands at
-//              i and i + rope_dim/2.  Query and key get the same permutation, so attention
-//              scores are identical; the layout matters for outputs compared element-wise.
+// Rotary position embedding applied in place to a slice of every head (layouts: rope_layout.hpp).
 #pragma once
 
 #include <cmath>
 #include <vector>
 
 #include "ablate/backend/cpu/tensor.hpp"
-
-namespace ablate {
-enum class RopeLayout { Interleaved, DeepSeek };
-}
+#include "ablate/core/rope_layout.hpp"
 
 namespace ablate::cpu {
 

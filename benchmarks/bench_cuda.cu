@@ -1,0 +1,181 @@
+// CUDA throughput at the seed's Experiment 1 size (16 x 256 tokens, d = 512, vocab 49152):
+// each block's forward and backward, one full training step of each of the five Experiment 1
+// models, and raw bf16 cuBLASLt GEMMs.  Times come from CUDA events around each iteration.
+//
+// Model FLOP utilisation (MFU) is model FLOP/s over the bf16 GEMM rate this program measures at
+// start-up (8192^3, median of 5), so the ratio is taken side by side on the same GPU.
+// Run: bench_cuda --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <ablate/backend/cuda/backend.cuh>
+
+#include "block_bench.hpp"
+
+namespace {
+
+using namespace ablate;
+using namespace ablate::bench;
+using cuda::Runtime;
+
+double g_peak_flops = 0;  // measured bf16 GEMM FLOP/s
+
+// Times fn() with CUDA events on the runtime stream; returns seconds.
+template <class Fn>
+double timed(Fn&& fn) {
+  cudaEvent_t start, stop;
+  ABLATE_CUDA_CHECK(cudaEventCreate(&start));
+  ABLATE_CUDA_CHECK(cudaEventCreate(&stop));
+  ABLATE_CUDA_CHECK(cudaEventRecord(start, cuda::stream()));
+  fn();
+  ABLATE_CUDA_CHECK(cudaEventRecord(stop, cuda::stream()));
+  ABLATE_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  ABLATE_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  ABLATE_CUDA_CHECK(cudaEventDestroy(start));
+  ABLATE_CUDA_CHECK(cudaEventDestroy(stop));
+  return ms / 1e3;
+}
+
+void set_cuda_rates(benchmark::State& state, double flops_per_iteration) {
+  set_rates(state, flops_per_iteration);
+  if (g_peak_flops > 0)
+    state.counters["MFU"] = benchmark::Counter(flops_per_iteration / g_peak_flops,
+                                               benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// bf16 x bf16 -> fp32 GEMM C[M, N] = A[M, K] B[N, K]^T on operands already in bf16.
+struct Bf16Gemm {
+  std::ptrdiff_t m, n, k;
+  cuda::DeviceBuffer<__nv_bfloat16> a, b;
+  cuda::DeviceBuffer<float> c;
+  Bf16Gemm(std::ptrdiff_t m_, std::ptrdiff_t n_, std::ptrdiff_t k_)
+      : m(m_), n(n_), k(k_), a(static_cast<std::size_t>(m * k)), b(static_cast<std::size_t>(n * k)),
+        c(static_cast<std::size_t>(m * n)) {
+    CUDA::Tensor fill(1, std::max(m, n) * k);
+    CUDA::fill_normal(fill, 1, 1.0);
+    cuda::Gemm::convert(a.data(), fill.data(), static_cast<std::size_t>(m * k));
+    cuda::Gemm::convert(b.data(), fill.data(), static_cast<std::size_t>(n * k));
+  }
+  void run() { cuda::Gemm::get().run_bf16(c.data(), a.data(), false, b.data(), true, m, n, k, 1.f, 0.f, nullptr); }
+  double flops() const { return 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k); }
+};
+
+double measure_peak_gemm() {
+  Bf16Gemm g(8192, 8192, 8192);
+  g.run();
+  std::vector<double> times;
+  for (int i = 0; i < 5; ++i) times.push_back(timed([&] { g.run(); }));
+  std::sort(times.begin(), times.end());
+  return g.flops() / times[2];
+}
+
+void BM_Bf16Gemm(benchmark::State& state) {
+  Bf16Gemm g(state.range(0), state.range(2), state.range(1));
+  g.run();  // warm-up and heuristic query
+  for (auto _ : state) state.SetIterationTime(timed([&] { g.run(); }));
+  state.counters["FLOP/s"] = benchmark::Counter(g.flops(), benchmark::Counter::kIsIterationInvariantRate,
+                                                benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_Bf16Gemm)
+    ->Args({4096, 512, 2048})
+    ->Args({4096, 512, 49152})
+    ->Args({8192, 8192, 8192})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+template <class Policy>
+ModelConfig block_config() {
+  return std::is_same_v<Policy, MLA> ? experiment1_mla_config() : experiment1_config();
+}
+
+template <class Policy>
+void block_forward(benchmark::State& state, double extra_flops_per_token) {
+  BlockBench<Policy, CUDA> b(block_config<Policy>());
+  b.forward();  // warm-up: allocations, GEMM plans
+  for (auto _ : state) state.SetIterationTime(timed([&] { b.forward(); }));
+  set_cuda_rates(state, (b.matrix_flops_per_token() + extra_flops_per_token) * kTokens);
+}
+
+template <class Policy>
+void block_backward(benchmark::State& state, double extra_flops_per_token) {
+  BlockBench<Policy, CUDA> b(block_config<Policy>());
+  b.forward();
+  b.dy = random_activations<CUDA>(b.y.cols(), 4);
+  b.backward();  // warm-up
+  for (auto _ : state) state.SetIterationTime(timed([&] { b.backward(); }));
+  set_cuda_rates(state, 2.0 * (b.matrix_flops_per_token() + extra_flops_per_token) * kTokens);
+}
+
+using RoutedMoE = Glm4MoE<8, 2>;
+
+#define ABLATE_BLOCK_BENCH(Name, Policy, extra)                                              \
+  void BM_##Name##_forward(benchmark::State& s) { block_forward<Policy>(s, extra); }   \
+  void BM_##Name##_backward(benchmark::State& s) { block_backward<Policy>(s, extra); } \
+  BENCHMARK(BM_##Name##_forward)->UseManualTime()->Unit(benchmark::kMillisecond);      \
+  BENCHMARK(BM_##Name##_backward)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+ABLATE_BLOCK_BENCH(RMSNorm, RMS, 0)
+ABLATE_BLOCK_BENCH(LayerNorm, LN, 0)
+ABLATE_BLOCK_BENCH(MHA, MHA, mha_attention_flops())
+ABLATE_BLOCK_BENCH(MLA, MLA, mla_attention_flops())
+ABLATE_BLOCK_BENCH(MLP, MLP, 0)
+ABLATE_BLOCK_BENCH(GatedMLP, GatedMLP, 0)
+ABLATE_BLOCK_BENCH(MoE8x2, RoutedMoE, 0)
+using SeedMoE8x2 = SeedMoE<8, 2>;
+ABLATE_BLOCK_BENCH(SeedMoE8x2, SeedMoE8x2, 0)
+
+// One optimizer step of an Experiment 1 model: forward, backward, clipping, Muon + AdamW.
+template <class Arch>
+void train_step(benchmark::State& state, const ModelConfig& cfg, double routed_fraction,
+                double attention_flops) {
+  TrainStepBench<Arch, CUDA> b(cfg);
+  b.step();  // warm-up: allocations, GEMM plans, optimizer state
+  b.step();
+  for (auto _ : state) state.SetIterationTime(timed([&] { benchmark::DoNotOptimize(b.step()); }));
+  set_cuda_rates(state, b.flops(routed_fraction, attention_flops));
+}
+
+template <class Arch>
+void register_train_step(const char* model, const ModelConfig& cfg, double routed_fraction,
+                         double attention_flops) {
+  benchmark::RegisterBenchmark((std::string("BM_TrainStep/") + model).c_str(),
+                               [=](benchmark::State& s) { train_step<Arch>(s, cfg, routed_fraction, attention_flops); })
+      ->UseManualTime()
+      ->Unit(benchmark::kMillisecond);
+}
+
+void register_train_steps() {
+  const std::size_t layers = experiment1_config().num_hidden_layers;
+  const double mha = mha_attention_flops(layers), mla = mla_attention_flops(layers);
+  const ModelConfig dense = experiment1_config(), latent = experiment1_mla_config();
+  register_train_step<Architecture<Attention<MHA>, FFN<SeedMoE<8, 2>>, Norm<RMS>>>("baseline", dense, 0.25, mha);
+  register_train_step<Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>>("mlp_512d", dense, 1.0, mha);
+  register_train_step<Architecture<Attention<MLA>, FFN<GatedMLP>, Norm<RMS>>>("attention_mlp_512d", latent, 1.0, mla);
+  register_train_step<Architecture<Attention<MHA>, FFN<Glm4MoE<8, 2>>, Norm<RMS>>>("moe_8e_2k_512d", dense, 0.25, mha);
+  register_train_step<Architecture<Attention<MLA>, FFN<Glm4MoE<8, 2>>, Norm<RMS>>>("attention_moe_8e_2k_512d", latent, 0.25, mla);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (cuda::device_count() == 0) {
+    std::fprintf(stderr, "bench_cuda: no CUDA device\n");
+    return 1;
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  g_peak_flops = measure_peak_gemm();
+  const auto& props = Runtime::get().properties();
+  benchmark::AddCustomContext("gpu", props.name);
+  benchmark::AddCustomContext("bf16_gemm_8192_tflops", std::to_string(g_peak_flops / 1e12));
+  register_train_steps();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

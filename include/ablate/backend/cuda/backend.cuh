@@ -1,0 +1,38 @@
+// The CUDA backend: fp32 device tensors, bf16 cuBLASLt GEMMs with fp32 accumulation, and fused
+// kernels, behind the same static names as the CPU backend, so Model<Arch, CUDA> trains every
+// architecture Model<Arch, CPU> does.  Compile the including file with nvcc.
+#pragma once
+
+#include "ablate/backend/cuda/activation.cuh"
+#include "ablate/backend/cuda/attention.cuh"
+#include "ablate/backend/cuda/cross_entropy.cuh"
+#include "ablate/backend/cuda/dropout.cuh"
+#include "ablate/backend/cuda/embedding.cuh"
+#include "ablate/backend/cuda/linear.cuh"
+#include "ablate/backend/cuda/moe.cuh"
+#include "ablate/backend/cuda/norm.cuh"
+#include "ablate/backend/cuda/optimizer.cuh"
+#include "ablate/backend/cuda/rope.cuh"
+#include "ablate/backend/cuda/tensor.cuh"
+
+namespace ablate {
+
+struct CUDABackend : cuda::TensorKernels,
+                     cuda::LinearKernels,
+                     cuda::EmbeddingKernels,
+                     cuda::NormKernels,
+                     cuda::ActivationKernels,
+                     cuda::DropoutKernels,
+                     cuda::RopeKernels,
+                     cuda::AttentionKernels,
+                     cuda::CrossEntropyKernels,
+                     cuda::OptimizerKernels,
+                     cuda::MoEKernels {
+  using Scalar = float;
+  using Tensor = cuda::Tensor;
+  static constexpr const char* name = "cuda";
+};
+
+using CUDA = CUDABackend;
+
+}  // namespace ablate

@@ -1,0 +1,209 @@
+// Row-major GEMMs on cuBLASLt: C[M,N] = alpha * op(A) op(B) + beta * C (+ bias[N] per row),
+// bf16 operands, fp32 accumulation and fp32 C.  The fp32 operands are rounded to bf16 on the
+// way in (one pass each, into reused scratch buffers).
+//
+// cuBLASLt is column-major; a row-major X is the column-major X^T, so C^T = op(B)^T op(A)^T is
+// computed with B first.  The bias epilogue then adds one value per column-major row, which is
+// one per output feature.  Descriptors and the heuristic's algorithm are cached per shape.
+// Shapes cuBLASLt finds no algorithm for (tiny, odd leading dimensions) run a tiled SIMT kernel
+// on the same bf16 operands.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <tuple>
+
+#include "ablate/backend/cuda/buffer.cuh"
+#include "ablate/backend/cuda/launch.cuh"
+
+namespace ablate::cuda {
+
+namespace kernels {
+
+ABLATE_KERNEL void to_bf16(__nv_bfloat16* y, const float* x, std::size_t n) {
+  ABLATE_GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+// Fallback GEMM, 16x16 tiles.  A is [M,K] (or [K,M] when ta), B is [K,N] (or [N,K] when tb).
+constexpr int kGemmTile = 16;
+ABLATE_KERNEL void gemm_tiled(float* c, const __nv_bfloat16* a, const __nv_bfloat16* b, int m, int n,
+                           int k, bool ta, bool tb, float alpha, float beta, const float* bias) {
+  __shared__ float as[kGemmTile][kGemmTile + 1];
+  __shared__ float bs[kGemmTile][kGemmTile + 1];
+  const int row = blockIdx.y * kGemmTile + threadIdx.y;
+  const int col = blockIdx.x * kGemmTile + threadIdx.x;
+  float acc = 0.f;
+  for (int t = 0; t < k; t += kGemmTile) {
+    const int ak = t + threadIdx.x, bk = t + threadIdx.y;
+    as[threadIdx.y][threadIdx.x] =
+        row < m && ak < k ? __bfloat162float(ta ? a[ak * m + row] : a[row * k + ak]) : 0.f;
+    bs[threadIdx.y][threadIdx.x] =
+        col < n && bk < k ? __bfloat162float(tb ? b[col * k + bk] : b[bk * n + col]) : 0.f;
+    __syncthreads();
+    for (int j = 0; j < kGemmTile; ++j) acc += as[threadIdx.y][j] * bs[j][threadIdx.x];
+    __syncthreads();
+  }
+  if (row < m && col < n) {
+    float v = alpha * acc + (bias != nullptr ? bias[col] : 0.f);
+    if (beta != 0.f) v += beta * c[row * n + col];
+    c[row * n + col] = v;
+  }
+}
+
+}  // namespace kernels
+
+class Gemm {
+ public:
+  static Gemm& get() {
+    static Gemm gemm;
+    return gemm;
+  }
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+
+  // c is [m, n] row-major; a is [m, k] ([k, m] if ta); b is [k, n] ([n, k] if tb).
+  void run(float* c, const float* a, bool ta, const float* b, bool tb, std::ptrdiff_t m,
+           std::ptrdiff_t n, std::ptrdiff_t k, float alpha, float beta, const float* bias) {
+    if (m == 0 || n == 0) return;
+    const std::size_t a_n = static_cast<std::size_t>(m * k), b_n = static_cast<std::size_t>(k * n);
+    __nv_bfloat16* a16 = scratch<__nv_bfloat16, 0>(a_n > 0 ? a_n : 1);
+    __nv_bfloat16* b16 = scratch<__nv_bfloat16, 1>(b_n > 0 ? b_n : 1);
+    convert(a16, a, a_n);
+    convert(b16, b, b_n);
+    run_bf16(c, a16, ta, b16, tb, m, n, k, alpha, beta, bias);
+  }
+
+  // The same on operands already in bf16.
+  void run_bf16(float* c, const __nv_bfloat16* a16, bool ta, const __nv_bfloat16* b16, bool tb,
+                std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, float alpha, float beta,
+                const float* bias) {
+    if (m == 0 || n == 0) return;
+    const Plan* plan = k > 0 ? find_plan(m, n, k, ta, tb, bias != nullptr, beta != 0.f) : nullptr;
+    if (plan == nullptr) {
+      const dim3 block(kernels::kGemmTile, kernels::kGemmTile);
+      const dim3 grid(static_cast<unsigned>((n + kernels::kGemmTile - 1) / kernels::kGemmTile),
+                      static_cast<unsigned>((m + kernels::kGemmTile - 1) / kernels::kGemmTile));
+      kernels::gemm_tiled<<<grid, block, 0, stream()>>>(c, a16, b16, static_cast<int>(m),
+                                                        static_cast<int>(n), static_cast<int>(k),
+                                                        ta, tb, alpha, beta, bias);
+      ABLATE_CUDA_CHECK_LAUNCH("gemm_tiled");
+      return;
+    }
+    if (bias != nullptr)
+      ABLATE_CUDA_CHECK(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                       &bias, sizeof(bias)));
+    Runtime& rt = Runtime::get();
+    ABLATE_CUDA_CHECK(cublasLtMatmul(rt.lt(), plan->op, &alpha, b16, plan->x, a16, plan->y, &beta, c,
+                                     plan->d, c, plan->d, &plan->algo, rt.workspace(),
+                                     Runtime::kWorkspaceBytes, stream()));
+  }
+
+  // Rounds n fp32 values to bf16.
+  static void convert(__nv_bfloat16* dst, const float* src, std::size_t n) {
+    if (n == 0) return;
+    kernels::to_bf16<<<blocks_for(n), kThreads, 0, stream()>>>(dst, src, n);
+    ABLATE_CUDA_CHECK_LAUNCH("to_bf16");
+  }
+
+  // Number of distinct shapes planned so far (each costs one heuristic query).
+  std::size_t plans() const { return plans_.size(); }
+
+ private:
+  struct Plan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t x = nullptr, y = nullptr, d = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+    bool usable = false;
+  };
+  using Key = std::tuple<std::ptrdiff_t, std::ptrdiff_t, std::ptrdiff_t, bool, bool, bool, bool>;
+
+  Gemm() = default;
+  ~Gemm() {
+    for (auto& [key, p] : plans_) {
+      if (p.x != nullptr) (void)cublasLtMatrixLayoutDestroy(p.x);
+      if (p.y != nullptr) (void)cublasLtMatrixLayoutDestroy(p.y);
+      if (p.d != nullptr) (void)cublasLtMatrixLayoutDestroy(p.d);
+      if (p.op != nullptr) (void)cublasLtMatmulDescDestroy(p.op);
+    }
+  }
+
+  // The plan for this shape, or null when cuBLASLt has no algorithm for it.
+  const Plan* find_plan(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, bool ta, bool tb,
+                        bool bias, bool accumulate) {
+    const Key key{m, n, k, ta, tb, bias, accumulate};
+    auto it = plans_.find(key);
+    if (it == plans_.end()) it = plans_.emplace(key, make_plan(m, n, k, ta, tb, bias)).first;
+    return it->second.usable ? &it->second : nullptr;
+  }
+
+  static Plan make_plan(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, bool ta, bool tb,
+                        bool bias) {
+    Plan p;
+    ABLATE_CUDA_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    // Column-major view: X = B^T-buffer (first operand), Y = A^T-buffer (second operand).
+    const cublasOperation_t op_x = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_y = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    ABLATE_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_x, sizeof(op_x)));
+    ABLATE_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_y, sizeof(op_y)));
+    if (bias) {
+      const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+      ABLATE_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                       &epilogue, sizeof(epilogue)));
+      const cudaDataType_t bias_type = CUDA_R_32F;
+      ABLATE_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                       &bias_type, sizeof(bias_type)));
+    }
+    // Row-major B is [k, n] ([n, k] when tb): column-major [n, k] ([k, n]), leading dim = its cols.
+    const auto u = [](std::ptrdiff_t v) { return static_cast<std::uint64_t>(v); };
+    ABLATE_CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.x, CUDA_R_16BF, tb ? u(k) : u(n), tb ? u(n) : u(k),
+                                                 static_cast<std::int64_t>(tb ? k : n)));
+    ABLATE_CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.y, CUDA_R_16BF, ta ? u(m) : u(k), ta ? u(k) : u(m),
+                                                 static_cast<std::int64_t>(ta ? m : k)));
+    ABLATE_CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, u(n), u(m), static_cast<std::int64_t>(n)));
+
+    cublasLtMatmulPreference_t pref = nullptr;
+    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const std::size_t ws = Runtime::kWorkspaceBytes;
+    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    // Scratch operands start 256-byte aligned; rows are only as aligned as the leading dims.
+    const auto align = [](std::ptrdiff_t ld, std::size_t elem) {
+      std::uint32_t a = 256;
+      while (a > elem && (static_cast<std::size_t>(ld) * elem) % a != 0) a /= 2;
+      return a;
+    };
+    const std::uint32_t ax = align(tb ? k : n, 2), ay = align(ta ? m : k, 2), ad = align(n, 4);
+    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &ax, sizeof(ax)));
+    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ay, sizeof(ay)));
+    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ad, sizeof(ad)));
+    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ad, sizeof(ad)));
+
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+        Runtime::get().lt(), p.op, p.x, p.y, p.d, p.d, pref, 1, &result, &found);
+    (void)cublasLtMatmulPreferenceDestroy(pref);
+    if (status == CUBLAS_STATUS_SUCCESS && found > 0) {
+      p.algo = result.algo;
+      p.usable = true;
+    } else if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_SUCCESS) {
+      ABLATE_CUDA_CHECK(status);
+    }
+    return p;
+  }
+
+  std::map<Key, Plan> plans_;
+};
+
+// Shorthand for the common case.
+inline void gemm(float* c, const float* a, bool ta, const float* b, bool tb, std::ptrdiff_t m,
+                 std::ptrdiff_t n, std::ptrdiff_t k, float alpha = 1.f, float beta = 0.f,
+                 const float* bias = nullptr) {
+  Gemm::get().run(c, a, ta, b, tb, m, n, k, alpha, beta, bias);
+}
+
+}  // namespace ablate::cuda

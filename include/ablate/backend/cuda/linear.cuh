@@ -1,0 +1,75 @@
+// Linear layers as cuBLASLt GEMMs: y = x W^T + b with W in PyTorch's [out, in] layout.  The bias
+// rides in the GEMM epilogue; its gradient is a column sum.
+#pragma once
+
+#include "ablate/backend/cuda/gemm.cuh"
+#include "ablate/backend/cuda/tensor.cuh"
+
+namespace ablate::cuda {
+
+namespace kernels {
+
+// db[c] += sum_r dy[r, c]: each thread owns a column and a stripe of rows, and the stripes are
+// added in a fixed order (deterministic).
+constexpr int kColumnSumRows = 8;
+ABLATE_KERNEL void column_sum_add(float* db, const float* dy, std::ptrdiff_t rows, std::ptrdiff_t cols) {
+  __shared__ float part[kColumnSumRows][kWarp];
+  const std::ptrdiff_t c = blockIdx.x * static_cast<std::ptrdiff_t>(kWarp) + threadIdx.x;
+  float acc = 0.f;
+  if (c < cols)
+    for (std::ptrdiff_t r = threadIdx.y; r < rows; r += kColumnSumRows) acc += dy[r * cols + c];
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float total = 0.f;
+    for (int j = 0; j < kColumnSumRows; ++j) total += part[j][threadIdx.x];
+    db[c] += total;
+  }
+}
+
+}  // namespace kernels
+
+struct LinearKernels {
+  using Tensor = cuda::Tensor;
+
+  // y = x W^T (+ b).  `b` may be null.
+  static void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b) {
+    y.resize(x.rows(), w.rows());
+    gemm(y.data(), x.data(), false, w.data(), true, x.rows(), w.rows(), x.cols(), 1.f, 0.f,
+         b != nullptr ? b->data() : nullptr);
+  }
+
+  // dW += dy^T x, db += column sums of dy, dx = dy W (or dx += dy W when accumulate_dx).
+  static void linear_backward(Tensor* dx, Tensor& dw, Tensor* db, const Tensor& dy,
+                              const Tensor& x, const Tensor& w, bool accumulate_dx = false) {
+    gemm(dw.data(), dy.data(), true, x.data(), false, dy.cols(), x.cols(), dy.rows(), 1.f, 1.f);
+    if (db != nullptr) column_sum_add(*db, dy);
+    if (dx != nullptr) {
+      if (!accumulate_dx) dx->resize(dy.rows(), w.cols());
+      gemm(dx->data(), dy.data(), false, w.data(), false, dy.rows(), w.cols(), dy.cols(), 1.f,
+           accumulate_dx ? 1.f : 0.f);
+    }
+  }
+
+  // c = a b (plain GEMM; used by optimizers).
+  static void matmul(Tensor& c, const Tensor& a, const Tensor& b) {
+    c.resize(a.rows(), b.cols());
+    gemm(c.data(), a.data(), false, b.data(), false, a.rows(), b.cols(), a.cols());
+  }
+  // c = a a^T
+  static void gram(Tensor& c, const Tensor& a) {
+    c.resize(a.rows(), a.rows());
+    gemm(c.data(), a.data(), false, a.data(), true, a.rows(), a.rows(), a.cols());
+  }
+
+ private:
+  static void column_sum_add(Tensor& db, const Tensor& dy) {
+    if (dy.cols() == 0) return;
+    const dim3 block(kWarp, kernels::kColumnSumRows);
+    const auto grid = static_cast<unsigned>((dy.cols() + kWarp - 1) / kWarp);
+    kernels::column_sum_add<<<grid, block, 0, stream()>>>(db.data(), dy.data(), dy.rows(), dy.cols());
+    ABLATE_CUDA_CHECK_LAUNCH("column_sum_add");
+  }
+};
+
+}  // namespace ablate::cuda

@@ -1,0 +1,197 @@
+// CUDA tensors: fp32 row-major [rows, cols] matrices in device memory, the same shapes the CPU
+// backend uses (activations [tokens, features], parameters in PyTorch's [out, in] layout).
+// fp32 storage keeps master weights, optimizer states, norms and softmax statistics exact;
+// the GEMMs read bf16 copies (see gemm.cuh).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "ablate/backend/cuda/buffer.cuh"
+#include "ablate/backend/cuda/launch.cuh"
+#include "ablate/core/random.hpp"
+
+namespace ablate::cuda {
+
+class Tensor {
+ public:
+  Tensor() = default;
+  Tensor(std::ptrdiff_t rows, std::ptrdiff_t cols) { resize(rows, cols); }
+  Tensor(const Tensor& o) { assign(o); }
+  Tensor& operator=(const Tensor& o) {
+    if (this != &o) assign(o);
+    return *this;
+  }
+  Tensor(Tensor&&) noexcept = default;
+  Tensor& operator=(Tensor&&) noexcept = default;
+
+  std::ptrdiff_t rows() const { return rows_; }
+  std::ptrdiff_t cols() const { return cols_; }
+  std::ptrdiff_t size() const { return rows_ * cols_; }
+  std::size_t numel() const { return static_cast<std::size_t>(rows_ * cols_); }
+  float* data() { return buffer_.data(); }
+  const float* data() const { return buffer_.data(); }
+
+  // Contents are unspecified after a resize that changes the size (as with Eigen).
+  void resize(std::ptrdiff_t rows, std::ptrdiff_t cols) {
+    buffer_.reserve(static_cast<std::size_t>(rows * cols));
+    rows_ = rows;
+    cols_ = cols;
+  }
+
+ private:
+  void assign(const Tensor& o) {
+    resize(o.rows_, o.cols_);
+    if (o.numel() > 0)
+      ABLATE_CUDA_CHECK(cudaMemcpyAsync(data(), o.data(), o.numel() * sizeof(float),
+                                        cudaMemcpyDeviceToDevice, stream()));
+  }
+
+  DeviceBuffer<float> buffer_;
+  std::ptrdiff_t rows_ = 0, cols_ = 0;
+};
+
+namespace kernels {
+
+ABLATE_KERNEL void fill(float* y, std::size_t n, float v) {
+  ABLATE_GRID_STRIDE(i, n) y[i] = v;
+}
+// y = a*y + b*x
+ABLATE_KERNEL void scale_add(float* y, std::size_t n, float a, const float* x, float b) {
+  ABLATE_GRID_STRIDE(i, n) y[i] = a * y[i] + b * x[i];
+}
+ABLATE_KERNEL void add(float* y, std::size_t n, const float* x) {
+  ABLATE_GRID_STRIDE(i, n) y[i] += x[i];
+}
+ABLATE_KERNEL void scale(float* y, std::size_t n, float s) {
+  ABLATE_GRID_STRIDE(i, n) y[i] *= s;
+}
+ABLATE_KERNEL void axpy(float* y, std::size_t n, float s, const float* x) {
+  ABLATE_GRID_STRIDE(i, n) y[i] += s * x[i];
+}
+// dst[r, dst_off + c] (+)= src[r, src_off + c] for c < count.
+ABLATE_KERNEL void copy_columns(float* dst, std::ptrdiff_t dst_ld, std::ptrdiff_t dst_off,
+                             const float* src, std::ptrdiff_t src_ld, std::ptrdiff_t src_off,
+                             std::ptrdiff_t rows, std::ptrdiff_t count, bool accumulate) {
+  const std::size_t n = static_cast<std::size_t>(rows * count);
+  ABLATE_GRID_STRIDE(i, n) {
+    const auto r = static_cast<std::ptrdiff_t>(i) / count, c = static_cast<std::ptrdiff_t>(i) % count;
+    float& d = dst[r * dst_ld + dst_off + c];
+    const float s = src[r * src_ld + src_off + c];
+    d = accumulate ? d + s : s;
+  }
+}
+ABLATE_KERNEL void fill_normal(float* y, std::size_t n, std::uint64_t key, double stddev) {
+  ABLATE_GRID_STRIDE(i, n) y[i] = static_cast<float>(stddev * standard_normal(key, i));
+}
+ABLATE_KERNEL void fill_uniform(float* y, std::size_t n, std::uint64_t key, double bound) {
+  ABLATE_GRID_STRIDE(i, n) y[i] = static_cast<float>(bound * (2.0 * uniform01(key, i) - 1.0));
+}
+
+// Deterministic sum of squares: a fixed number of blocks (independent of the GPU), each
+// reducing a fixed set of elements in double, then one block adding the partials in order.
+constexpr int kReduceBlocks = 256;
+ABLATE_KERNEL void sum_squares_partial(const float* x, std::size_t n, double* partial) {
+  __shared__ double scratch[kWarp];
+  double acc = 0;
+  ABLATE_GRID_STRIDE(i, n) acc += static_cast<double>(x[i]) * x[i];
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+ABLATE_KERNEL void sum_partials(const double* partial, int count, double* out) {
+  __shared__ double scratch[kWarp];
+  double acc = 0;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) *out = acc;
+}
+
+}  // namespace kernels
+
+struct TensorKernels {
+  using Tensor = cuda::Tensor;
+
+  static void resize(Tensor& t, std::ptrdiff_t rows, std::ptrdiff_t cols) { t.resize(rows, cols); }
+  static void set_zero(Tensor& t) {
+    if (t.numel() > 0) ABLATE_CUDA_CHECK(cudaMemsetAsync(t.data(), 0, t.numel() * sizeof(float), stream()));
+  }
+  static void copy(Tensor& dst, const Tensor& src) { dst = src; }
+  static void add_inplace(Tensor& y, const Tensor& x) {
+    launch(kernels::add, y.numel(), y.data(), y.numel(), x.data());
+  }
+  static void scale_inplace(Tensor& y, double s) {
+    launch(kernels::scale, y.numel(), y.data(), y.numel(), static_cast<float>(s));
+  }
+  // y += s * x
+  static void axpy(Tensor& y, double s, const Tensor& x) {
+    launch(kernels::axpy, y.numel(), y.data(), y.numel(), static_cast<float>(s), x.data());
+  }
+
+  // dst = src[:, offset, offset + count)
+  static void slice_columns(Tensor& dst, const Tensor& src, std::ptrdiff_t offset, std::ptrdiff_t count) {
+    dst.resize(src.rows(), count);
+    copy_columns(dst, 0, src, offset, count, false);
+  }
+  // dst[:, offset, offset + src.cols()) = src
+  static void write_columns(Tensor& dst, std::ptrdiff_t offset, const Tensor& src) {
+    copy_columns(dst, offset, src, 0, src.cols(), false);
+  }
+  // dst[:, offset, offset + src.cols()) += src
+  static void add_columns(Tensor& dst, std::ptrdiff_t offset, const Tensor& src) {
+    copy_columns(dst, offset, src, 0, src.cols(), true);
+  }
+
+  static double sum_squares(const Tensor& t) {
+    double* partial = scratch<double, 0>(kernels::kReduceBlocks + 1);
+    kernels::sum_squares_partial<<<kernels::kReduceBlocks, kThreads, 0, stream()>>>(t.data(), t.numel(), partial);
+    ABLATE_CUDA_CHECK_LAUNCH("sum_squares_partial");
+    kernels::sum_partials<<<1, kThreads, 0, stream()>>>(partial, kernels::kReduceBlocks,
+                                                        partial + kernels::kReduceBlocks);
+    ABLATE_CUDA_CHECK_LAUNCH("sum_partials");
+    double out = 0;
+    copy_to_host(&out, partial + kernels::kReduceBlocks, 1);
+    return out;
+  }
+
+  // Same streams as the CPU backend: element i of the tensor is a function of (key, i).
+  static void fill_normal(Tensor& t, std::uint64_t key, double stddev) {
+    launch(kernels::fill_normal, t.numel(), t.data(), t.numel(), key, stddev);
+  }
+  static void fill_uniform(Tensor& t, std::uint64_t key, double bound) {
+    launch(kernels::fill_uniform, t.numel(), t.data(), t.numel(), key, bound);
+  }
+  static void fill(Tensor& t, double v) {
+    launch(kernels::fill, t.numel(), t.data(), t.numel(), static_cast<float>(v));
+  }
+
+  static std::vector<double> to_host(const Tensor& t) {
+    std::vector<float> f(t.numel());
+    copy_to_host(f.data(), t.data(), f.size());
+    return {f.begin(), f.end()};
+  }
+  static void from_host(Tensor& t, const std::vector<double>& v) {
+    std::vector<float> f(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(t.numel()));
+    copy_to_device(t.data(), f.data(), f.size());
+  }
+
+ protected:
+  // Element-wise launch over n elements (nothing to do for n == 0).
+  template <class... Params, class... Args>
+  static void launch(void (*kernel)(Params...), std::size_t n, Args&&... args) {
+    if (n == 0) return;
+    kernel<<<blocks_for(n), kThreads, 0, stream()>>>(std::forward<Args>(args)...);
+    ABLATE_CUDA_CHECK_LAUNCH("element-wise kernel");
+  }
+
+ private:
+  static void copy_columns(Tensor& dst, std::ptrdiff_t dst_off, const Tensor& src,
+                           std::ptrdiff_t src_off, std::ptrdiff_t count, bool accumulate) {
+    launch(kernels::copy_columns, static_cast<std::size_t>(src.rows() * count), dst.data(),
+           dst.cols(), dst_off, src.data(), src.cols(), src_off, src.rows(), count, accumulate);
+  }
+};
+
+}  // namespace ablate::cuda

@@ -1,0 +1,94 @@
+// Tensor basics and the cuBLASLt linear layer against the CPU backend.
+#include "cuda_test_util.cuh"
+
+using namespace cuda_test;
+using ablate::CPU;
+using ablate::CUDA;
+
+TEST_CASE("cuda: tensor element-wise basics match the CPU backend") {
+  const CpuTensor x = random_tensor(37, 19, 1), y = random_tensor(37, 19, 2);
+  CpuTensor c = y;
+  GpuTensor g = to_gpu(y);
+  const GpuTensor gx = to_gpu(x);
+  CPU::axpy(c, 0.5, x);
+  CUDA::axpy(g, 0.5, gx);
+  CPU::add_inplace(c, x);
+  CUDA::add_inplace(g, gx);
+  CPU::scale_inplace(c, -1.5);
+  CUDA::scale_inplace(g, -1.5);
+  CHECK(relative_error(g, c) < kFp32Tolerance);
+
+  CpuTensor s;
+  GpuTensor gs;
+  CPU::slice_columns(s, x, 3, 7);
+  CUDA::slice_columns(gs, gx, 3, 7);
+  CHECK(relative_error(gs, s) < kFp32Tolerance);
+  CPU::write_columns(c, 11, s);
+  CUDA::write_columns(g, 11, gs);
+  CPU::add_columns(c, 2, s);
+  CUDA::add_columns(g, 2, gs);
+  CHECK(relative_error(g, c) < kFp32Tolerance);
+
+  CHECK(CUDA::sum_squares(gx) == doctest::Approx(CPU::sum_squares(x)).epsilon(1e-6));
+  // The same counter-based streams on both backends.
+  CpuTensor n(64, 33), u(64, 33);
+  GpuTensor gn(64, 33), gu(64, 33);
+  CPU::fill_normal(n, 42, 0.02);
+  CUDA::fill_normal(gn, 42, 0.02);
+  CPU::fill_uniform(u, 43, 0.1);
+  CUDA::fill_uniform(gu, 43, 0.1);
+  CHECK(relative_error(gn, n) < 1e-6);
+  CHECK(relative_error(gu, u) < 1e-6);
+  const std::vector<double> host = CUDA::to_host(gu);
+  CHECK(host.size() == static_cast<std::size_t>(u.size()));
+  CHECK(host[5] == doctest::Approx(u.data()[5]));
+}
+
+TEST_CASE("cuda: linear forward/backward and GEMMs match the CPU backend within bf16") {
+  // One aligned shape (cuBLASLt) and one odd shape (the tiled fallback or an unaligned algo).
+  for (auto [n, in, out] : {std::tuple{256, 128, 192}, std::tuple{37, 13, 21}}) {
+    CAPTURE(n);
+    CAPTURE(in);
+    CAPTURE(out);
+    const CpuTensor x = random_tensor(n, in, 10), w = random_tensor(out, in, 11, 0.1),
+                    b = random_tensor(1, out, 12), dy = random_tensor(n, out, 13);
+    CpuTensor y, dx, dw = CpuTensor::Zero(out, in), db = CpuTensor::Zero(1, out);
+    CPU::linear_forward(y, x, w, &b);
+    CPU::linear_backward(&dx, dw, &db, dy, x, w);
+    CPU::linear_backward(&dx, dw, &db, dy, x, w, /*accumulate_dx=*/true);
+
+    const GpuTensor gx = to_gpu(x), gw = to_gpu(w), gb = to_gpu(b), gdy = to_gpu(dy);
+    GpuTensor gy, gdx, gdw = to_gpu(CpuTensor::Zero(out, in)), gdb = to_gpu(CpuTensor::Zero(1, out));
+    CUDA::linear_forward(gy, gx, gw, &gb);
+    CUDA::linear_backward(&gdx, gdw, &gdb, gdy, gx, gw);
+    CUDA::linear_backward(&gdx, gdw, &gdb, gdy, gx, gw, true);
+    CHECK(relative_error(gy, y) < kBf16Tolerance);
+    CHECK(relative_error(gdx, dx) < kBf16Tolerance);
+    CHECK(relative_error(gdw, dw) < kBf16Tolerance);
+    CHECK(relative_error(gdb, db) < kFp32Tolerance);
+
+    CpuTensor m, gram;
+    GpuTensor gm, ggram;
+    CPU::matmul(m, x, w.transpose().eval());
+    CUDA::matmul(gm, gx, to_gpu(w.transpose().eval()));
+    CPU::gram(gram, x);
+    CUDA::gram(ggram, gx);
+    CHECK(relative_error(gm, m) < kBf16Tolerance);
+    CHECK(relative_error(ggram, gram) < kBf16Tolerance);
+  }
+}
+
+TEST_CASE("cuda: errors name the failing call; out of memory says how much was asked") {
+  try {
+    ablate::cuda::allocate(std::size_t{1} << 52);  // 4 PiB
+    FAIL("allocation of 4 PiB succeeded");
+  } catch (const ablate::cuda::out_of_memory& e) {
+    CHECK(std::string(e.what()).find("asked for 4503599627370496 bytes") != std::string::npos);
+  }
+  try {
+    ABLATE_CUDA_CHECK(cudaMemcpy(nullptr, reinterpret_cast<void*>(16), 1, cudaMemcpyDeviceToHost));
+    FAIL("a copy from a bad pointer succeeded");
+  } catch (const ablate::cuda::cuda_error& e) {
+    CHECK(std::string(e.what()).find("cudaMemcpy") != std::string::npos);
+  }
+}
