@@ -1,6 +1,7 @@
 // The shared main() of the experiment programs: flags -> data -> every model on every seed ->
 // ranking table, results.json, plots and (--save-models) the trained models; or, with
 // --evaluate FILE, the evaluation of one saved model.  A program only describes its models.
+// --backend picks the backend the models train and evaluate on (common/backend.hpp).
 #pragma once
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,6 +24,7 @@
 #include <ablate/backend/cpu/memory.hpp>
 #include <ablate/version.hpp>
 
+#include "backend.hpp"
 #include "corpus.hpp"
 #include "models.hpp"
 #include "progress.hpp"
@@ -84,6 +87,13 @@ inline std::size_t set_threads(std::size_t threads) {
 #endif
 }
 
+// "cpu backend" or "cuda backend (NVIDIA H100 80GB HBM3)", for the summary lines.
+inline std::string backend_text(Backend b, const std::optional<std::string>& gpu) {
+  std::string text = std::string(to_string(b)) + " backend";
+  if (gpu) text.append(" (").append(*gpu).append(")");
+  return text;
+}
+
 inline std::string utc_now() {
   const std::time_t t = std::time(nullptr);
   char buf[32];
@@ -111,6 +121,7 @@ inline int evaluate_saved_model(const ExperimentDef& def, const Settings& s) {
                              " under --protocol " + to_string(s.protocol) + " ('" + spec.architecture +
                              "')");
 
+  const std::string on = backend_text(s.backend, check_backend(s.backend));
   const std::size_t threads = set_threads(s.threads);
   PreparedData data = prepare_data(s);
   std::string trained_with;
@@ -128,13 +139,16 @@ inline int evaluate_saved_model(const ExperimentDef& def, const Settings& s) {
                              std::to_string(info.config.max_position_embeddings) + " (--seq)" +
                              trained_with);
 
-  std::printf("%s: evaluating %s\nmodel: %s, %s params (%s)%s\n%s protocol, %zu thread(s)\ndata: %s\n",
+  std::printf("%s: evaluating %s\nmodel: %s, %s params (%s)%s\n%s protocol, %s, %zu thread(s)\n"
+              "data: %s\n",
               def.program.c_str(), file.string().c_str(), spec.name.c_str(),
               short_count(spec.count(info.config).total).c_str(), info.architecture.c_str(),
-              info.origin().c_str(), to_string(s.protocol), threads, data.summary.c_str());
+              info.origin().c_str(), to_string(s.protocol), on.c_str(), threads,
+              data.summary.c_str());
   std::fflush(stdout);
 
   RunPlan plan;
+  plan.backend = s.backend;
   plan.splits = &data.splits;
   plan.batch = p.batch;
   plan.eval_final = data.eval_final;
@@ -182,6 +196,7 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
       throw usage_error("--steps " + std::to_string(s.steps) + " is fewer than one optimizer step (" +
                         std::to_string(train.grad_accumulation) + " batches of gradient accumulation)");
 
+    const std::optional<std::string> gpu = check_backend(s.backend);
     const std::size_t threads = set_threads(s.threads);
     PreparedData data = prepare_data(s);
     const std::vector<ModelSpec> models = select_models(def, s, base_config(p, data.vocab_size));
@@ -193,9 +208,10 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
     }
 
     std::printf("%s\n%s protocol, %s preset: d %zu, %zu heads, %zu layer(s), seq %zu, batch %zu, "
-                "%zu batches (grad accumulation %zu), %zu seed(s), %zu thread(s)\n",
+                "%zu batches (grad accumulation %zu), %zu seed(s), %s, %zu thread(s)\n",
                 def.title.c_str(), to_string(s.protocol), p.name.c_str(), p.hidden, p.heads, p.layers,
-                p.seq, p.batch, s.steps, train.grad_accumulation, s.seeds.size(), threads);
+                p.seq, p.batch, s.steps, train.grad_accumulation, s.seeds.size(),
+                backend_text(s.backend, gpu).c_str(), threads);
     std::printf("data: %s\n", data.summary.c_str());
     if (s.save_dir) {
       // Made now, so that a folder that cannot be made fails before any training.
@@ -221,9 +237,10 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
     doc["complete"] = false;
     doc["protocol"] = to_string(s.protocol);
     doc["preset"] = p.name;
-    doc["backend"] = "cpu";
+    doc["backend"] = to_string(s.backend);
     doc["machine"] = {{"hardware_threads", std::thread::hardware_concurrency()},
                       {"threads_used", threads}};
+    if (gpu) doc["machine"]["gpu"] = *gpu;
     doc["config"] = {
         {"hidden_size", p.hidden},
         {"num_attention_heads", p.heads},
@@ -262,6 +279,7 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
     };
 
     RunPlan plan;
+    plan.backend = s.backend;
     plan.splits = &data.splits;
     plan.batch = p.batch;
     plan.steps = s.steps;
@@ -319,6 +337,9 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
   } catch (const usage_error& e) {
     std::fprintf(stderr, "%s: error: %s\nRun with --help for more information.\n", prog.c_str(), e.what());
     return 2;
+  } catch (const no_device_error& e) {
+    std::fprintf(stderr, "%s: error: %s\n", prog.c_str(), e.what());
+    return kNoDeviceExitCode;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: error: %s\n", prog.c_str(), e.what());
     return 1;

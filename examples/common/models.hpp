@@ -1,6 +1,7 @@
 // A model of an experiment: a name, an Architecture<...> type and its ModelConfig, with the
 // type erased behind three functions (count its parameters, train it once, evaluate a saved
-// one) so the programs can keep their models in a list.
+// one) so the programs can keep their models in a list.  Training and evaluation run on the
+// backend the RunPlan names.
 #pragma once
 
 #include <cstddef>
@@ -26,8 +27,10 @@ struct ModelSpec {
   std::string architecture;  // Architecture<...>::name()
   ablate::ModelConfig config;
   std::function<ParamCounts(const ablate::ModelConfig&)> count;
+  // Trains it once on plan.backend.
   std::function<RunResult(const ablate::ModelConfig&, const RunPlan&, std::uint64_t, Progress&)> train;
-  // Loads a file saved from this architecture (with the file's ModelConfig) and evaluates it.
+  // Loads a file saved from this architecture (with the file's ModelConfig) and evaluates it on
+  // plan.backend.
   std::function<EvalPoint(const std::filesystem::path&, const ablate::ModelConfig&, const RunPlan&)>
       evaluate;
 };
@@ -75,8 +78,15 @@ ModelSpec model_spec(std::string name, std::string summary, const ablate::ModelC
   spec.architecture = Arch::name();
   spec.config = cfg;
   spec.count = &detail::count_parameters<Arch>;
-  spec.train = &train_run<Arch>;
-  spec.evaluate = &evaluate_saved<Arch>;
+  spec.train = [](const ablate::ModelConfig& c, const RunPlan& plan, std::uint64_t seed,
+                  Progress& progress) {
+    return with_backend(plan.backend,
+                        [&]<class B>() { return train_run<Arch, B>(c, plan, seed, progress); });
+  };
+  spec.evaluate = [](const std::filesystem::path& file, const ablate::ModelConfig& c,
+                     const RunPlan& plan) {
+    return with_backend(plan.backend, [&]<class B>() { return evaluate_saved<Arch, B>(file, c, plan); });
+  };
   return spec;
 }
 

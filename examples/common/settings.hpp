@@ -63,6 +63,7 @@ struct ExperimentDef {
 // Everything a run needs, resolved from the flags.
 struct Settings {
   Protocol protocol = Protocol::fixed;
+  Backend backend = Backend::cpu;
   Preset preset;
   bool tiny = false;
   std::size_t steps = 0;
@@ -156,7 +157,9 @@ class CommandLine {
         ->check(CLI::IsMember({"fixed", "seed"}));
     app_.add_option("--preset", preset_, "full (default: the seed's exact sizes) or quick")
         ->check(CLI::IsMember({"quick", "full"}));
-    app_.add_option("--backend", backend_, "cpu (default) or cuda")
+    app_.add_option("--backend", backend_,
+                    kHaveCudaBackend ? "cpu (default) or cuda (a CUDA GPU)"
+                                     : "cpu (default); cuda needs a build with the CUDA backend")
         ->check(CLI::IsMember({"cpu", "cuda"}));
     app_.add_option("--steps", steps_,
                     "training batches (default: the preset's; the number of evaluations stays "
@@ -210,9 +213,12 @@ class CommandLine {
       if (i > 0) s.command_line += ' ';
       s.command_line += detail::shell_quote(argv[i]);
     }
-    if (backend_ == "cuda")
+    s.backend = backend_ == "cuda" ? Backend::cuda : Backend::cpu;
+    if (s.backend == Backend::cuda && !kHaveCudaBackend)
       throw std::runtime_error(
-          "--backend cuda: this build of ablate has no CUDA backend yet; use --backend cpu");
+          "--backend cuda: this build has no CUDA backend: configure with the CUDA toolkit (nvcc "
+          "and cuBLAS; see \"The CUDA backend\" in README.md) and ABLATE_EXAMPLES_CUDA=ON, "
+          "rebuild, or use --backend cpu");
     s.protocol = protocol_ == "seed" ? Protocol::seed : Protocol::fixed;
     s.preset = preset_ == "quick" ? def_.quick : def_.full;
     s.tiny = tiny_;

@@ -1,6 +1,7 @@
 // One training run of one model on one seed: the seed's loop (ablate::Trainer: accumulation,
 // clipping, Muon + AdamW, the LambdaLR schedule), evaluations along the way and at the end,
-// and optionally the trained model saved to a file; and the evaluation of a saved model.
+// and optionally the trained model saved to a file; and the evaluation of a saved model.  Both
+// are templates over the backend B (ablate::CPU, or ablate::CUDA in a CUDA build).
 #pragma once
 
 #include <chrono>
@@ -17,6 +18,7 @@
 #include <ablate/data/dataset.hpp>
 #include <ablate/train/trainer.hpp>
 
+#include "backend.hpp"
 #include "progress.hpp"
 #include "saved_models.hpp"
 
@@ -47,6 +49,7 @@ struct RunResult {
 
 // What every run of an experiment shares.
 struct RunPlan {
+  Backend backend = Backend::cpu;  // which backend ModelSpec::train / evaluate run on
   const ablate::data::DataSplits* splits = nullptr;
   std::size_t batch = 16;
   std::size_t steps = 0;       // training batches
@@ -95,13 +98,13 @@ void evaluate(Model& model, const ablate::data::WindowSet& set, const std::vecto
 
 }  // namespace detail
 
-// Trains a fresh Model<Arch> with `seed` (initialisation, dropout and the order of the training
+// Trains a fresh Model<Arch, B> with `seed` (initialisation, dropout and the order of the training
 // batches all follow it) and evaluates every plan.eval_every batches and at the end.
-template <class Arch>
+template <class Arch, class B>
 RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::uint64_t seed,
                     Progress& progress) {
   using Clock = std::chrono::steady_clock;
-  using Model = ablate::Model<Arch, ablate::CPU>;
+  using Model = ablate::Model<Arch, B>;
   Model model(cfg, seed);
   ablate::Trainer<Model> trainer(model, plan.train);
   ablate::data::BatchSampler sampler(plan.splits->train, plan.batch, seed);
@@ -155,12 +158,12 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
   return result;
 }
 
-// Loads the model saved in `file` (a Model<Arch> of ModelConfig `cfg`) and runs the last
-// evaluation of a training run on it: plan.eval_final windows of the validation set.
-template <class Arch>
+// Loads the model saved in `file` (a Model<Arch> of ModelConfig `cfg`) onto backend B and runs
+// the last evaluation of a training run on it: plan.eval_final windows of the validation set.
+template <class Arch, class B>
 EvalPoint evaluate_saved(const std::filesystem::path& file, const ablate::ModelConfig& cfg,
                          const RunPlan& plan) {
-  ablate::Model<Arch, ablate::CPU> model(cfg, 0);
+  ablate::Model<Arch, B> model(cfg, 0);
   ablate::io::load_weights(model, file);
   EvalPoint point;
   point.all_validation = plan.eval_final.size() == plan.splits->validation.size();

@@ -2,17 +2,22 @@
 #
 #   cmake -DMODE=<train|fail|params|evaluate> -DPROGRAM=<exe> -DARGS=<a|b|...> [-DOUT=<dir>]
 #         [-DEXPECT=<regex|regex...>] [-DMODELS=<name|name...>] [-DSEEDS=<n>] [-DPROTOCOL=<p>]
-#         [-DFILES=<path|path...>] [-DGNUPLOT=<path or empty>] -P run-example.cmake
+#         [-DFILES=<path|path...>] [-DBACKEND=<cpu|cuda>] [-DGNUPLOT=<path or empty>]
+#         -P run-example.cmake
 #
 #   train     exit 0; OUT/results.json parses and holds, for each of MODELS in order, SEEDS runs
 #             with finite validation figures and a curve; curves.dat and plot.gp exist, and the
 #             PNG plots too when GNUPLOT names a gnuplot.  FILES (paths under OUT) exist, and
 #             their folders hold nothing else (no temporary files left behind); when FILES are
 #             given, every run of results.json names one of them as its model_file.
+#             results.json's backend is BACKEND (default cpu).
 #   fail      exit status not 0, stderr matches every EXPECT regex, and OUT was never created.
 #   params    exit 0 and every EXPECT regex matches a whole line of stdout.
 #   evaluate  exit 0, stdout matches every EXPECT regex, and its "val loss X, accuracy Y%"
 #             line repeats the "when saved: val loss X, accuracy Y%" line to the digit.
+# Except in fail mode, exit status 77 (--backend cuda without a CUDA device) ends the test
+# with a "SKIPPED: " line, which tests registered with SKIP_REGULAR_EXPRESSION report as
+# skipped (cmake -P cannot exit with 77 itself) and every other test as a failure.
 # Lists use '|' because CTest would split ';'.
 cmake_minimum_required(VERSION 3.25)
 
@@ -62,6 +67,9 @@ if(MODE STREQUAL "fail")
   return()
 endif()
 
+if(rc EQUAL 77)
+  message(FATAL_ERROR "SKIPPED: no CUDA device (exit status 77)\n${stderr}")
+endif()
 if(NOT rc EQUAL 0)
   fail_test("expected exit status 0")
 endif()
@@ -148,6 +156,13 @@ foreach(key IN ITEMS program ablate_version command_line started_at finished_at)
     fail_test("results.json: '${key}' is empty")
   endif()
 endforeach()
+json_get(backend "${json}" backend)
+if(NOT BACKEND)
+  set(BACKEND cpu)
+endif()
+if(NOT backend STREQUAL BACKEND)
+  fail_test("results.json: backend is '${backend}', expected '${BACKEND}'")
+endif()
 json_get(protocol "${json}" protocol)
 if(PROTOCOL AND NOT protocol STREQUAL PROTOCOL)
   fail_test("results.json: protocol is '${protocol}', expected '${PROTOCOL}'")

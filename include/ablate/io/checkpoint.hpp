@@ -26,7 +26,8 @@
 // architecture, ModelConfig, TrainConfig, every tensor's presence, shape and dtype, no extra
 // tensors) before it changes anything; a mismatch throws invalid_input naming the file and
 // the difference.  Only an I/O error while reading the tensor data can leave the model and
-// trainer partly restored.
+// trainer partly restored.  Device backends (B::host_memory == false) go through host copies,
+// as in io/weights.hpp.
 #pragma once
 
 #include <charconv>
@@ -132,13 +133,13 @@ void save_checkpoint(const std::filesystem::path& path, const Model<Arch, B>& mo
   w.set_metadata(meta::rng_counter, std::to_string(model.rng().counter()));
 
   for (const auto& slot : detail::model_tensors(model))
-    w.add_view(slot.name, d, slot.shape, slot.data);
+    detail::add_tensor<B>(w, slot.name, d, slot.shape, *slot.tensor);
   for (const auto& s : optimizer.adamw().states()) {
-    w.add_view(detail::adamw_m_name(s.param->name), d, s.param->shape, s.m.data());
-    w.add_view(detail::adamw_v_name(s.param->name), d, s.param->shape, s.v.data());
+    detail::add_tensor<B>(w, detail::adamw_m_name(s.param->name), d, s.param->shape, s.m);
+    detail::add_tensor<B>(w, detail::adamw_v_name(s.param->name), d, s.param->shape, s.v);
   }
   for (const auto& s : optimizer.muon().states())
-    w.add_view(detail::muon_name(s.param->name), d, s.param->shape, s.momentum.data());
+    detail::add_tensor<B>(w, detail::muon_name(s.param->name), d, s.param->shape, s.momentum);
   detail::for_each_bias_router(model, [&](const std::string& prefix, const auto& router) {
     const auto& load = router.pending_load();
     w.add(detail::pending_load_name(prefix), Dtype::I64, {load.size()},
@@ -146,7 +147,7 @@ void save_checkpoint(const std::filesystem::path& path, const Model<Arch, B>& mo
   });
   if (trainer.batches() % trainer.config().grad_accumulation != 0)
     for (const auto& p : model.parameters())
-      w.add_view(detail::grad_name(p.name), d, p.shape, p.grad.data());
+      detail::add_tensor<B>(w, detail::grad_name(p.name), d, p.shape, p.grad);
   w.write(path);
 }
 
@@ -156,7 +157,7 @@ template <class Arch, class B>
 void load_checkpoint(const std::filesystem::path& path, Model<Arch, B>& model,
                      Trainer<Model<Arch, B>>& trainer) {
   using M = Model<Arch, B>;
-  using Scalar = typename B::Scalar;
+  using Tensor = typename B::Tensor;
   constexpr Dtype d = native_dtype<B>();
   const SafetensorsReader r = SafetensorsReader::open(path);
   const std::string& src = r.source();
@@ -211,20 +212,18 @@ void load_checkpoint(const std::filesystem::path& path, Model<Arch, B>& model,
   for (const auto& s : optimizer.muon().states()) check_owner(s.param);
 
   // Every tensor to restore, checked before anything changes.
-  std::vector<detail::TensorSlot<Scalar>> slots = detail::model_tensors(model);
+  std::vector<detail::TensorSlot<Tensor>> slots = detail::model_tensors(model);
   for (auto& s : optimizer.adamw().states()) {
-    slots.push_back(
-        {detail::adamw_m_name(s.param->name), s.param->shape, s.m.data(), s.param->numel()});
-    slots.push_back(
-        {detail::adamw_v_name(s.param->name), s.param->shape, s.v.data(), s.param->numel()});
+    slots.push_back({detail::adamw_m_name(s.param->name), s.param->shape, &s.m, s.param->numel()});
+    slots.push_back({detail::adamw_v_name(s.param->name), s.param->shape, &s.v, s.param->numel()});
   }
   for (auto& s : optimizer.muon().states())
     slots.push_back(
-        {detail::muon_name(s.param->name), s.param->shape, s.momentum.data(), s.param->numel()});
+        {detail::muon_name(s.param->name), s.param->shape, &s.momentum, s.param->numel()});
   const bool mid_accumulation = batches % trainer.config().grad_accumulation != 0;
   if (mid_accumulation)
     for (auto& p : model.parameters())
-      slots.push_back({detail::grad_name(p.name), p.shape, p.grad.data(), p.numel()});
+      slots.push_back({detail::grad_name(p.name), p.shape, &p.grad, p.numel()});
 
   std::set<std::string, std::less<>> expected;
   std::vector<std::string> missing;
@@ -274,7 +273,7 @@ void load_checkpoint(const std::filesystem::path& path, Model<Arch, B>& model,
   // Restore.
   if (!mid_accumulation) model.zero_grad();
   for (std::size_t i = 0; i < slots.size(); ++i)
-    r.read(*infos[i], std::span(slots[i].data, slots[i].count));
+    detail::read_tensor<B>(r, *infos[i], *slots[i].tensor, slots[i].count);
   std::size_t next = 0;
   detail::for_each_bias_router(model, [&](const std::string&, auto& router) {
     router.set_pending_load(load_values[next++]);

@@ -15,6 +15,9 @@
 // Loading checks the architecture (when the file names one), then that every tensor of the
 // model is present with its shape and a floating-point dtype and that the file holds nothing
 // else, before anything in the model changes; errors name the file and the tensor.
+//
+// A backend whose tensors are not in host memory (B::host_memory == false, e.g. ablate::CUDA)
+// is saved and loaded through host copies (B::to_host / B::from_host), one tensor at a time.
 #pragma once
 
 #include <cstddef>
@@ -79,34 +82,61 @@ void for_each_bias_router(M& model, F&& f) {
   }
 }
 
-// A tensor of the model as it appears in a file: HF name, PyTorch shape, host data.
-template <class S>
+// A tensor of the model as it appears in a file: HF name, PyTorch shape, the backend tensor
+// that holds it (T is B::Tensor or const B::Tensor) and its element count.
+template <class T>
 struct TensorSlot {
   std::string name;
   std::vector<std::size_t> shape;
-  S* data;
+  T* tensor;
   std::size_t count;
 };
 
-// Every parameter, then every buffer.  S is Scalar or const Scalar.
+// Every parameter, then every buffer.
 template <class M>
 auto model_tensors(M& model) {
-  using Scalar = typename std::remove_const_t<M>::Backend::Scalar;
-  using S = std::conditional_t<std::is_const_v<M>, const Scalar, Scalar>;
-  std::vector<TensorSlot<S>> out;
+  using Tensor = typename std::remove_const_t<M>::Backend::Tensor;
+  using T = std::conditional_t<std::is_const_v<M>, const Tensor, Tensor>;
+  std::vector<TensorSlot<T>> out;
   for (auto& p : model.parameters()) {
     require(static_cast<std::size_t>(p.value.size()) == p.numel(), "parameter ", p.name, " holds ",
             p.value.size(), " values for shape of ", p.numel());
-    out.push_back({p.name, p.shape, p.value.data(), p.numel()});
+    out.push_back({p.name, p.shape, &p.value, p.numel()});
   }
   for_each_bias_router(model, [&](const std::string& prefix, auto& router) {
     auto& bias = router.e_score_correction_bias();
     out.push_back({prefix + ".e_score_correction_bias",
                    {static_cast<std::size_t>(bias.size())},
-                   bias.data(),
+                   &bias,
                    static_cast<std::size_t>(bias.size())});
   });
   return out;
+}
+
+// Adds backend tensor `t` (`shape`, stored as `dtype`) to `w`: a view of its memory on a host
+// backend (read when the file is written), a host copy made now on any other.
+template <class B>
+void add_tensor(SafetensorsWriter& w, std::string name, Dtype dtype, std::vector<std::size_t> shape,
+                const typename B::Tensor& t) {
+  if constexpr (B::host_memory) {
+    w.add_view(std::move(name), dtype, std::move(shape), t.data());
+  } else {
+    w.add(std::move(name), dtype, std::move(shape), B::to_host(t));
+  }
+}
+
+// Reads tensor `info` of `r` into the first `count` values of backend tensor `t`, directly on a
+// host backend, through a host buffer on any other.
+template <class B>
+void read_tensor(const SafetensorsReader& r, const TensorInfo& info, typename B::Tensor& t,
+                 std::size_t count) {
+  if constexpr (B::host_memory) {
+    r.read(info, std::span(t.data(), count));
+  } else {
+    std::vector<double> host(count);  // exact for every floating-point dtype of a file
+    r.read(info, std::span<double>(host));
+    B::from_host(t, host);
+  }
 }
 
 inline bool is_reserved_metadata_key(std::string_view key) {
@@ -147,8 +177,8 @@ inline std::string name_list(const std::vector<std::string>& names) {
 
 // Checks that `info` can fill `slot`: same shape, and a floating-point dtype (exactly `exact`
 // when given).
-template <class S>
-void check_slot(const SafetensorsReader& r, const TensorInfo& info, const TensorSlot<S>& slot,
+template <class T>
+void check_slot(const SafetensorsReader& r, const TensorInfo& info, const TensorSlot<T>& slot,
                 std::optional<Dtype> exact = std::nullopt) {
   if (info.shape != slot.shape)
     throw invalid_input(concat(r.source(), ": tensor '", slot.name, "' has shape ",
@@ -176,7 +206,7 @@ void save_weights(const Model<Arch, B>& model, const std::filesystem::path& path
   SafetensorsWriter w;
   detail::add_model_metadata(w, model, "weights", metadata);
   for (const auto& slot : detail::model_tensors(model))
-    w.add_view(slot.name, d, slot.shape, slot.data);
+    detail::add_tensor<B>(w, slot.name, d, slot.shape, *slot.tensor);
   w.write(path);
 }
 
@@ -219,7 +249,7 @@ void load_weights(Model<Arch, B>& model, const SafetensorsReader& reader) {
                                        detail::name_list(extra), " (not a parameter or buffer of ",
                                        Model<Arch, B>::architecture_name(), ")"));
   for (std::size_t i = 0; i < slots.size(); ++i)
-    reader.read(*infos[i], std::span(slots[i].data, slots[i].count));
+    detail::read_tensor<B>(reader, *infos[i], *slots[i].tensor, slots[i].count);
 }
 
 template <class Arch, class B>

@@ -32,6 +32,7 @@ struct CPUBackend : cpu::TensorKernels<S>,
   using Scalar = S;
   using Tensor = cpu::Matrix<S>;
   static constexpr const char* name = "cpu";
+  static constexpr bool host_memory = true;  // Tensor::data() is host memory
 };
 
 using CPU = CPUBackend<float>;

@@ -31,6 +31,7 @@ struct CUDABackend : cuda::TensorKernels,
   using Scalar = float;
   using Tensor = cuda::Tensor;
   static constexpr const char* name = "cuda";
+  static constexpr bool host_memory = false;  // Tensor::data() is device memory
 };
 
 using CUDA = CUDABackend;
