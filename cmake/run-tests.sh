@@ -56,6 +56,13 @@ else
   )
 fi
 
+# Without a GPU the CUDA tests still compile (and CTest reports them skipped), but the programs
+# that only run on a GPU (bench_cuda, the examples' CUDA path) are not built: they would take
+# minutes of compiling and could not run.
+if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
+  config_args+=(-DABLATE_BENCHMARKS_CUDA=OFF -DABLATE_EXAMPLES_CUDA=OFF)
+fi
+
 jobs="$(nproc 2>/dev/null || echo 2)"
 start=$SECONDS
 

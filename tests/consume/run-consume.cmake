@@ -7,7 +7,8 @@
 #         -P run-consume.cmake
 #
 # WORK_DIR is wiped first, so every run is a clean configure, build and (for find_package) a
-# clean install.  The consumer is compiled with -O1 to keep the test fast.
+# clean install.  The consumer is compiled with -O0: it checks that ablate builds and links the
+# way users consume it, and unoptimised template code compiles fastest.
 cmake_minimum_required(VERSION 3.25)
 
 foreach(var IN ITEMS MODE ABLATE_SOURCE_DIR WORK_DIR CXX_COMPILER GENERATOR)
@@ -32,12 +33,12 @@ function(step description)
 endfunction()
 
 # Arguments shared by every nested configure: same compiler, generator and Eigen as the outer
-# build, -O1, and no package registries so only what the test installs can be found.
+# build, -O0, and no package registries so only what the test installs can be found.
 set(configure_args
   -G "${GENERATOR}"
   "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}"
   "-DCMAKE_BUILD_TYPE="
-  "-DCMAKE_CXX_FLAGS=-O1"
+  "-DCMAKE_CXX_FLAGS=-O0"
   "-DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF"
   "-DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF"
   "-DABLATE_USE_OPENMP=${USE_OPENMP}")
@@ -85,7 +86,7 @@ elseif(MODE STREQUAL "plain_include")
     endforeach()
   endif()
   step("compile consumer (plain -I)"
-    "${CXX_COMPILER}" -std=c++20 -O1 ${include_flags}
+    "${CXX_COMPILER}" -std=c++20 -O0 ${include_flags}
     "${consumer_source}" -o "${WORK_DIR}/consumer")
   step("run consumer" "${WORK_DIR}/consumer")
 
