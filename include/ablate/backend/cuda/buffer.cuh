@@ -6,7 +6,6 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
-#include <sstream>
 #include <utility>
 
 #include "ablate/backend/cuda/device.cuh"
@@ -19,15 +18,7 @@ inline void* allocate(std::size_t bytes) {
   void* p = nullptr;
   const cudaError_t status = cudaMallocAsync(&p, bytes, stream());
   if (status == cudaSuccess) return p;
-  (void)cudaGetLastError();
-  std::size_t free_bytes = 0, total_bytes = 0;
-  (void)cudaMemGetInfo(&free_bytes, &total_bytes);
-  std::ostringstream os;
-  os << "CUDA out of memory: asked for " << bytes << " bytes (" << (bytes >> 20) << " MiB); "
-     << (free_bytes >> 20) << " MiB free of " << (total_bytes >> 20) << " MiB ("
-     << cudaGetErrorString(status) << ")";
-  if (status == cudaErrorMemoryAllocation) throw out_of_memory(os.str());
-  throw cuda_error(os.str());
+  allocation_failed(status, bytes, "a tensor");
 }
 
 inline void release(void* p) noexcept {
@@ -90,6 +81,9 @@ void copy_to_host(T* dst, const T* src, std::size_t n) {
 // Safe to reuse from call to call because all work is ordered on the one stream.
 template <class T, int Slot = 0>
 T* scratch(std::size_t n) {
+  // The runtime is constructed before `buffer`, so it is destroyed after it: the buffer's
+  // destructor frees on the runtime's stream.
+  (void)Runtime::get();
   static DeviceBuffer<T> buffer;
   buffer.reserve(n);
   return buffer.data();

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 
 #include "ablate/backend/cuda/error.cuh"
 
@@ -48,15 +49,33 @@ class Runtime {
     int device = 0;
     ABLATE_CUDA_CHECK(cudaGetDevice(&device));
     ABLATE_CUDA_CHECK(cudaGetDeviceProperties(&props_, device));
+    // Tensors are allocated stream-ordered (cudaMallocAsync).  By default the pool hands its
+    // memory back to the driver at every synchronisation (each loss read-back), and the next
+    // step maps it again; keeping it makes steady-state steps allocation-free, as a caching
+    // allocator would.
+    cudaMemPool_t pool = nullptr;
+    ABLATE_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+    std::uint64_t keep_all = UINT64_MAX;
+    ABLATE_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all));
     ABLATE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     ABLATE_CUDA_CHECK(cublasLtCreate(&lt_));
-    ABLATE_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
+    const cudaError_t status = cudaMalloc(&workspace_, kWorkspaceBytes);
+    if (status != cudaSuccess) {
+      (void)cublasLtDestroy(lt_);  // no destructor runs for a constructor that throws
+      (void)cudaStreamDestroy(stream_);
+      allocation_failed(status, kWorkspaceBytes, "the cuBLASLt workspace");
+    }
   }
   ~Runtime() {
     // Destructors must not throw; at process exit the driver may already be shutting down.
+    // The handles are cleared so that a late free (a buffer outliving the runtime) goes to the
+    // default stream instead of a destroyed one.
     if (workspace_ != nullptr) (void)cudaFree(workspace_);
     if (lt_ != nullptr) (void)cublasLtDestroy(lt_);
     if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
+    workspace_ = nullptr;
+    lt_ = nullptr;
+    stream_ = nullptr;
   }
 
   cudaDeviceProp props_{};

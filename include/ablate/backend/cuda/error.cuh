@@ -4,6 +4,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -35,6 +36,20 @@ inline void check(cublasStatus_t status, const char* call, const char* file, int
   std::ostringstream os;
   os << "cuBLASLt error in " << call << " (" << file << ":" << line
      << "): " << cublasLtGetStatusName(status) << ": " << cublasLtGetStatusString(status);
+  throw cuda_error(os.str());
+}
+
+// Throws for a failed allocation of `bytes` (for `what`): out_of_memory, saying how much was
+// asked for and how much is free, or cuda_error for any other failure.
+[[noreturn]] inline void allocation_failed(cudaError_t status, std::size_t bytes, const char* what) {
+  (void)cudaGetLastError();  // clear the error so later calls do not report it again
+  std::size_t free_bytes = 0, total_bytes = 0;
+  (void)cudaMemGetInfo(&free_bytes, &total_bytes);
+  std::ostringstream os;
+  os << "CUDA out of memory: asked for " << bytes << " bytes (" << (bytes >> 20) << " MiB) for "
+     << what << "; " << (free_bytes >> 20) << " MiB free of " << (total_bytes >> 20) << " MiB ("
+     << cudaGetErrorString(status) << ")";
+  if (status == cudaErrorMemoryAllocation) throw out_of_memory(os.str());
   throw cuda_error(os.str());
 }
 

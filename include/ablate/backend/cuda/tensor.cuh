@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "ablate/backend/cuda/buffer.cuh"
@@ -25,8 +26,17 @@ class Tensor {
     if (this != &o) assign(o);
     return *this;
   }
-  Tensor(Tensor&&) noexcept = default;
-  Tensor& operator=(Tensor&&) noexcept = default;
+  // A moved-from tensor is empty ([0, 0], no storage), not a shape without memory behind it.
+  Tensor(Tensor&& o) noexcept
+      : buffer_(std::move(o.buffer_)), rows_(std::exchange(o.rows_, 0)), cols_(std::exchange(o.cols_, 0)) {}
+  Tensor& operator=(Tensor&& o) noexcept {
+    if (this != &o) {
+      buffer_ = std::move(o.buffer_);
+      rows_ = std::exchange(o.rows_, 0);
+      cols_ = std::exchange(o.cols_, 0);
+    }
+    return *this;
+  }
 
   std::ptrdiff_t rows() const { return rows_; }
   std::ptrdiff_t cols() const { return cols_; }
