@@ -1,7 +1,10 @@
 // Whole models on the CUDA backend against the CPU backend: the five Experiment 1
 // architectures' loss and every parameter gradient on the same weights, the causality probe for
 // every attention variant, and a 200-step training run whose loss curve follows the CPU's.
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <deque>
 #include <string>
 #include <utility>
 #include <vector>
@@ -57,10 +60,50 @@ Tokens pattern_tokens(std::size_t batch, std::size_t seq, std::size_t vocab, std
   return t;
 }
 
+// The CPU backend with its top-k choices replaced by the GPU's.  The router's GEMM reads bf16
+// operands on the GPU, so a token whose K-th and (K+1)-th selection scores lie within that
+// rounding of each other can pick another expert there; its gradients then differ by a whole
+// expert's contribution (a CPU emulation of the bf16 GEMMs flips 2 of 256 tokens of Glm4MHA and
+// gives a 27% error on an expert's gradient), which no tolerance absorbs.  So the CPU reference
+// routes every token as the GPU did; top-k itself is compared exactly in test_cuda_moe.cu, and
+// the test checks that only a few near-tied tokens needed it.
+struct ReplayCPU : CPU {
+  static inline std::deque<std::vector<std::int32_t>> forced;  // one entry per MoE layer
+  static inline std::size_t replaced = 0, tokens = 0;
+
+  static void topk_rows(Indices& idx, const Tensor& scores, Eigen::Index k) {
+    CPU::topk_rows(idx, scores, k);
+    take(idx, k);
+  }
+  static void group_limited_topk(Indices& idx, Tensor& masked, Tensor& group_scores,
+                                 const Tensor& choice, Eigen::Index n_group, Eigen::Index topk_group,
+                                 Eigen::Index k) {
+    CPU::group_limited_topk(idx, masked, group_scores, choice, n_group, topk_group, k);
+    take(idx, k);
+  }
+
+ private:
+  static void take(Indices& idx, Eigen::Index k) {
+    if (forced.empty()) return;
+    Indices gpu = std::move(forced.front());
+    forced.pop_front();
+    REQUIRE(gpu.size() == idx.size());
+    const auto K = static_cast<std::ptrdiff_t>(k);
+    for (std::ptrdiff_t begin = 0; begin < static_cast<std::ptrdiff_t>(idx.size()); begin += K) {
+      Indices a(idx.begin() + begin, idx.begin() + begin + K), b(gpu.begin() + begin, gpu.begin() + begin + K);
+      std::sort(a.begin(), a.end());
+      std::sort(b.begin(), b.end());
+      replaced += a != b;
+      ++tokens;
+    }
+    idx = std::move(gpu);
+  }
+};
+
 // Copies every parameter (and router bias buffer state through the weights) CPU -> CUDA, so the
 // comparison does not depend on the two backends' initialisers agreeing to the last bit.
-template <class Arch>
-void copy_weights(Model<Arch, CUDA>& gpu, const Model<Arch, CPU>& cpu) {
+template <class Arch, class C>
+void copy_weights(Model<Arch, CUDA>& gpu, const Model<Arch, C>& cpu) {
   auto g = gpu.parameters().begin();
   for (const auto& p : cpu.parameters()) {
     REQUIRE(g != gpu.parameters().end());
@@ -73,7 +116,7 @@ void copy_weights(Model<Arch, CUDA>& gpu, const Model<Arch, CPU>& cpu) {
 template <class Arch>
 void check_loss_and_gradients(double dropout) {
   const ModelConfig cfg = small_config(dropout);
-  Model<Arch, CPU> cpu(cfg, 7);
+  Model<Arch, ReplayCPU> cpu(cfg, 7);
   Model<Arch, CUDA> gpu(cfg, 7);
   copy_weights(gpu, cpu);
   const Tokens inputs = pattern_tokens(4, 32, cfg.vocab_size, 1);
@@ -82,9 +125,18 @@ void check_loss_and_gradients(double dropout) {
   gpu.train(true);
   cpu.zero_grad();
   gpu.zero_grad();
-  const LossStats c = cpu.forward_backward(inputs, targets);
+  // The GPU first: the CPU reference then takes its routing (ReplayCPU).
   const LossStats g = gpu.forward_backward(inputs, targets);
-  MESSAGE(Arch::name() << ": loss cpu " << c.loss << " cuda " << g.loss);
+  ReplayCPU::forced.clear();
+  ReplayCPU::replaced = ReplayCPU::tokens = 0;
+  if constexpr (requires(Model<Arch, CUDA>& m) { m.layers().front().ffn().routing_indices(); })
+    for (const auto& layer : gpu.layers()) ReplayCPU::forced.push_back(layer.ffn().routing_indices().to_host());
+  const LossStats c = cpu.forward_backward(inputs, targets);
+  CHECK(ReplayCPU::forced.empty());  // every MoE layer took the GPU's routing
+  MESSAGE(Arch::name() << ": loss cpu " << c.loss << " cuda " << g.loss << "; tokens routed "
+                       << "differently by the GPU (near ties) " << ReplayCPU::replaced << " of "
+                       << ReplayCPU::tokens);
+  CHECK(ReplayCPU::replaced * 20 <= ReplayCPU::tokens);  // near ties only: at most 5% of them
   CHECK(g.loss == doctest::Approx(c.loss).epsilon(5e-3));
   CHECK(g.aux_loss == doctest::Approx(c.aux_loss).epsilon(2e-2).scale(1e-3));
   CHECK(g.tokens == c.tokens);

@@ -410,9 +410,11 @@ def sigmoid_moe_case(name, moe, config, draw, dtype, *, seed, out_dir):
     def routing(x):
         flat = x.reshape(-1, x.shape[-1])
         out = moe.gate(flat)
-        if isinstance(out, tuple):  # transformers 4.x: the router returns (indices, weights)
-            return out[0]
-        return moe.route_tokens_to_experts(out)[0]  # 5.x: the router returns logits
+        if isinstance(out, tuple):
+            # transformers 4.x: (indices, weights); later 5.x releases: (logits, weights,
+            # indices).  The indices are the one integer tensor either way.
+            return next(t for t in out if not t.is_floating_point())
+        return moe.route_tokens_to_experts(out)[0]  # 5.0: the router returns logits only
 
     ablate_config = {
         "hidden_size": config.hidden_size,
