@@ -365,6 +365,16 @@ TEST_CASE("MoE GLM4 group-limited routing picks experts from the best groups onl
   CHECK(moe.routing_weights()(1, 0) == doctest::Approx(2.5 * s4 / (s4 + s2)).epsilon(1e-12));
   CHECK(moe.routing_weights()(1, 1) == doctest::Approx(2.5 * s2 / (s4 + s2)).epsilon(1e-12));
   for (std::size_t s = 0; s < idx.size(); ++s) CHECK((idx[s] >= 2 && idx[s] <= 5));
+
+  // A bias of -2 on every expert pushes every choice score below 0 and ranks the groups as
+  // before.  Dropped groups are out (-inf), not scored 0: masking with 0 would pick experts 0
+  // and 1 of dropped group 0 over every kept one.
+  moe.router().e_score_correction_bias().setConstant(-2.0);
+  run(moe, x, false, rng);
+  CHECK(idx[0] == 2);
+  CHECK(idx[1] == 3);
+  CHECK(moe.routing_weights()(0, 0) == doctest::Approx(2.5 * s2 / (s2 + s3)).epsilon(1e-12));
+  CHECK(std::isinf(moe.router().selection_scores()(0, 0)));
 }
 
 TEST_CASE("MoE GLM4 auxiliary-loss-free balancing moves the bias toward the underloaded experts") {

@@ -39,10 +39,10 @@
 //   - Router dtype.  transformers computes router logits, sigmoid scores and weights in float32
 //     whatever the module's dtype; the seed's router ran in the model dtype; ablate in the
 //     backend's scalar.  In these float tests all three agree.
-//   - Group masking.  transformers 5.x masks the experts of dropped groups with -inf before
-//     top-k, ablate (like transformers 4.x) with 0.  They choose alike while every choice
-//     score sigmoid + e_score_correction_bias is >= 0; the goldens draw the bias from
-//     [0, 0.05) so that they do.
+//   - Group masking.  ablate masks the experts of dropped groups with -inf before top-k, as
+//     transformers 5.x and DeepSeek-V3 do; transformers 4.x used 0, which chooses differently
+//     once a negative e_score_correction_bias pushes a kept choice score below 0.  The goldens
+//     draw the bias from [0, 0.05), where the two agree, so files from either version hold.
 //   - Expert storage.  transformers 5.x fuses the routed experts into experts.gate_up_proj
 //     [E, 2I, H] (gate rows first) and experts.down_proj [E, H, I]; ablate keeps one Linear per
 //     expert under the hub checkpoints' names (experts.<e>.gate_proj.weight, ...), which

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "ablate/backend/cpu/tensor.hpp"
@@ -82,8 +83,10 @@ struct MoEKernels {
 
   // DeepSeek-V3 / GLM4 group-limited selection on `choice` [N, E] split into n_group groups of
   // consecutive experts: a group's score is the sum of its two largest entries (its only entry
-  // for groups of one); the topk_group best groups are kept, every other entry is set to 0
-  // (not -inf, as in the reference), and the top-k of that masked row is chosen.
+  // for groups of one); the topk_group best groups are kept, every other entry is set to -inf
+  // (as DeepSeek-V3 and transformers 5.x do: with 0, a dropped group's expert would beat a kept
+  // one whose choice score a negative correction bias has pushed below 0), and the top-k of that
+  // masked row is chosen.
   // `masked` receives the masked scores, `group_scores` [N, n_group] the group scores.
   static void group_limited_topk(Indices& idx, Tensor& masked, Tensor& group_scores,
                                  const Tensor& choice, Eigen::Index n_group,
@@ -120,7 +123,7 @@ struct MoEKernels {
         for (Eigen::Index h = 0; h < n_group; ++h)
           above += gs[h] > gs[g] || (gs[h] == gs[g] && h < g);
         const bool keep = above < topk_group;
-        for (Eigen::Index j = g * size; j < (g + 1) * size; ++j) m[j] = keep ? c[j] : S(0);
+        for (Eigen::Index j = g * size; j < (g + 1) * size; ++j) m[j] = keep ? c[j] : -std::numeric_limits<S>::infinity();
       }
       select_top(m, cols, k, idx.data() + r * k);
     }

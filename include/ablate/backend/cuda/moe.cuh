@@ -311,7 +311,7 @@ ABLATE_KERNEL void topk_rows(std::int32_t* idx, const float* scores, std::size_t
 
 // The CPU's group_limited_topk for one row per thread: group score = sum of the group's two
 // largest entries (its only entry for groups of one), the topk_group best groups kept (ties to
-// the lower group), the other entries set to 0, then top-k of the masked row.
+// the lower group), the other entries set to -inf, then top-k of the masked row.
 ABLATE_KERNEL void group_limited_topk(std::int32_t* idx, float* masked, float* group_scores,
                                       const float* choice, std::size_t rows, int cols,
                                       int n_group, int topk_group, int k) {
@@ -341,7 +341,7 @@ ABLATE_KERNEL void group_limited_topk(std::int32_t* idx, float* masked, float* g
       int above = 0;
       for (int h = 0; h < n_group; ++h) above += (gs[h] > gs[g] || (gs[h] == gs[g] && h < g)) ? 1 : 0;
       const bool keep = above < topk_group;
-      for (int j = g * size; j < (g + 1) * size; ++j) m[j] = keep ? c[j] : 0.f;
+      for (int j = g * size; j < (g + 1) * size; ++j) m[j] = keep ? c[j] : -INFINITY;
     }
     select_top(m, cols, k, idx + r * static_cast<std::size_t>(k));
   }
@@ -494,7 +494,7 @@ struct MoEKernels {
 
   // DeepSeek-V3 / GLM4 group-limited selection on `choice` [N, E] split into n_group groups of
   // consecutive experts (see cpu/moe.hpp): `masked` receives the masked scores (entries of
-  // dropped groups set to 0), `group_scores` [N, n_group] the group scores.
+  // dropped groups set to -inf), `group_scores` [N, n_group] the group scores.
   static void group_limited_topk(Indices& idx, Tensor& masked, Tensor& group_scores,
                                  const Tensor& choice, std::ptrdiff_t n_group,
                                  std::ptrdiff_t topk_group, std::ptrdiff_t k) {

@@ -1,7 +1,7 @@
 // The GLM4 / DeepSeek-V3 router (HF Glm4MoeMoE.route_tokens_to_experts, DeepseekV3's
 // "noaux_tc"): scores = sigmoid(gate(x)); choice = scores + e_score_correction_bias; group score
 // = sum of the two largest choices in each of n_group groups; the topk_group best groups are
-// kept and the rest masked to 0; top-K of the masked choices; weights = scores (without the
+// kept and the rest masked to -inf; top-K of the masked choices; weights = scores (without the
 // bias) at the chosen experts, divided by (their sum + 1e-20) when norm_topk_prob, times
 // routed_scaling_factor.  No auxiliary loss.
 //
