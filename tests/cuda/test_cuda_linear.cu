@@ -30,6 +30,18 @@ TEST_CASE("cuda: tensor element-wise basics match the CPU backend") {
   CHECK(relative_error(g, c) < kFp32Tolerance);
 
   CHECK(CUDA::sum_squares(gx) == doctest::Approx(CPU::sum_squares(x)).epsilon(1e-6));
+  // Several tensors in one reduction (an empty one among them), and the Frobenius
+  // normalisation, whose norm stays on the device: the sum of the per-tensor sums, as the CPU.
+  const GpuTensor gempty(0, 5);
+  CHECK(CUDA::sum_squares_all({&gx, &gempty, &gs, &gx}) ==
+        doctest::Approx(CPU::sum_squares_all({&x, &x, &s})).epsilon(1e-6));
+  CHECK(CUDA::sum_squares_all({}) == 0.0);
+  CpuTensor unit = c;
+  GpuTensor gunit = g;
+  CPU::normalize_frobenius(unit, 1e-7);
+  CUDA::normalize_frobenius(gunit, 1e-7);
+  CHECK(relative_error(gunit, unit) < kFp32Tolerance);
+  CHECK(CUDA::sum_squares(gunit) == doctest::Approx(1.0).epsilon(1e-5));
   // The same counter-based streams on both backends.
   CpuTensor n(64, 33), u(64, 33);
   GpuTensor gn(64, 33), gu(64, 33);

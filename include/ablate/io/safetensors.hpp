@@ -1012,8 +1012,10 @@ class SafetensorsWriter {
       if (text.size() > 1) text += ",";
       text +=
           quoted(e->name) + ":{\"dtype\":\"" + std::string(dtype_name(e->dtype)) + "\",\"shape\":[";
-      for (std::size_t i = 0; i < e->shape.size(); ++i)
-        text += (i ? "," : "") + std::to_string(e->shape[i]);
+      for (std::size_t i = 0; i < e->shape.size(); ++i) {
+        if (i > 0) text += ',';
+        text += std::to_string(e->shape[i]);
+      }
       text += "],\"data_offsets\":[" + std::to_string(offset) + "," +
               std::to_string(offset + e->nbytes) + "]}";
       offset += e->nbytes;

@@ -2,17 +2,19 @@
 #pragma once
 
 #include <cmath>
+#include <vector>
 
 #include "ablate/core/parameter.hpp"
 
 namespace ablate {
 
 // The L2 norm of all gradients together, accumulated in double.
+// One reduction over all of them: a device backend reads back one number, not one per tensor.
 template <class B>
 double grad_norm(const ParameterStore<B>& store) {
-  double sum = 0.0;
-  for (const Parameter<B>& p : store) sum += B::sum_squares(p.grad);
-  return std::sqrt(sum);
+  std::vector<const typename B::Tensor*> grads;
+  for (const Parameter<B>& p : store) grads.push_back(&p.grad);
+  return std::sqrt(B::sum_squares_all(grads));
 }
 
 // Scales every gradient by max_norm / (norm + 1e-6) when that is below 1; returns the norm

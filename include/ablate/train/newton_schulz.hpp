@@ -32,7 +32,7 @@ void newton_schulz5(typename B::Tensor& out, const typename B::Tensor& g, std::s
     B::resize(x, rows, cols);
     B::copy(x, g);
   }
-  B::scale_inplace(x, 1.0 / (std::sqrt(B::sum_squares(x)) + 1e-7));
+  B::normalize_frobenius(x, 1e-7);
   for (int i = 0; i < steps; ++i) {
     B::gram(work.a, x);                     // A = X X^T
     B::matmul(work.b, work.a, work.a);      // A A

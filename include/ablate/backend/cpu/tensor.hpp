@@ -3,6 +3,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -43,6 +44,16 @@ struct TensorKernels {
 
   static double sum_squares(const Tensor& t) {
     return t.template cast<double>().squaredNorm();
+  }
+  // The sum of sum_squares over `ts`, added in order (gradient clipping's global norm).
+  static double sum_squares_all(const std::vector<const Tensor*>& ts) {
+    double sum = 0.0;
+    for (const Tensor* t : ts) sum += sum_squares(*t);
+    return sum;
+  }
+  // x *= 1 / (||x||_F + eps): the normalisation before Newton-Schulz.
+  static void normalize_frobenius(Tensor& x, double eps) {
+    scale_inplace(x, 1.0 / (std::sqrt(sum_squares(x)) + eps));
   }
 
   // Fills with normal(0, stddev) drawn from the counter-based generator under `key`.

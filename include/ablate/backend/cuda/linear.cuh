@@ -2,6 +2,8 @@
 // rides in the GEMM epilogue; its gradient is a column sum.
 #pragma once
 
+#include <algorithm>
+
 #include "ablate/backend/cuda/gemm.cuh"
 #include "ablate/backend/cuda/tensor.cuh"
 
@@ -40,14 +42,27 @@ struct LinearKernels {
   }
 
   // dW += dy^T x, db += column sums of dy, dx = dy W (or dx += dy W when accumulate_dx).
+  // dy is rounded to bf16 once for both GEMMs: for the LM head it is the [tokens, vocab]
+  // logit gradient, the largest operand of the step.
   static void linear_backward(Tensor* dx, Tensor& dw, Tensor* db, const Tensor& dy,
                               const Tensor& x, const Tensor& w, bool accumulate_dx = false) {
-    gemm(dw.data(), dy.data(), true, x.data(), false, dy.cols(), x.cols(), dy.rows(), 1.f, 1.f);
+    if (!accumulate_dx && dx != nullptr) dx->resize(dy.rows(), w.cols());
     if (db != nullptr) column_sum_add(*db, dy);
+    if (dy.numel() == 0) {  // no products: dW and an accumulated dx unchanged, a fresh dx zero
+      if (!accumulate_dx && dx != nullptr) TensorKernels::set_zero(*dx);
+      return;
+    }
+    __nv_bfloat16* dy16 = scratch<__nv_bfloat16, 2>(dy.numel());
+    __nv_bfloat16* other16 = scratch<__nv_bfloat16, 3>(std::max(x.numel(), w.numel()));
+    Gemm& g = Gemm::get();
+    Gemm::convert(dy16, dy.data(), dy.numel());
+    Gemm::convert(other16, x.data(), x.numel());
+    g.run_bf16(dw.data(), dy16, true, other16, false, dy.cols(), x.cols(), dy.rows(), 1.f, 1.f, nullptr);
     if (dx != nullptr) {
-      if (!accumulate_dx) dx->resize(dy.rows(), w.cols());
-      gemm(dx->data(), dy.data(), false, w.data(), false, dy.rows(), w.cols(), dy.cols(), 1.f,
-           accumulate_dx ? 1.f : 0.f);
+      // Stream order: the dW GEMM has read x's copy before w's overwrites it.
+      Gemm::convert(other16, w.data(), w.numel());
+      g.run_bf16(dx->data(), dy16, false, other16, false, dy.rows(), w.cols(), dy.cols(), 1.f,
+                 accumulate_dx ? 1.f : 0.f, nullptr);
     }
   }
 

@@ -118,6 +118,17 @@ ABLATE_KERNEL void sum_partials(const double* partial, int count, double* out) {
   acc = block_sum(acc, scratch);
   if (threadIdx.x == 0) *out = acc;
 }
+// out = totals[0] + totals[1] + ... in order, as the host would add them (one thread).
+ABLATE_KERNEL void sum_in_order(const double* totals, int count, double* out) {
+  double acc = 0;
+  for (int i = 0; i < count; ++i) acc += totals[i];
+  *out = acc;
+}
+// y *= 1 / (sqrt(*sum_sq) + eps), the factor rounded to float as scale_inplace rounds it.
+ABLATE_KERNEL void scale_by_inverse_norm(float* y, std::size_t n, const double* sum_sq, double eps) {
+  const float s = static_cast<float>(1.0 / (sqrt(*sum_sq) + eps));
+  ABLATE_GRID_STRIDE(i, n) y[i] *= s;
+}
 
 }  // namespace kernels
 
@@ -155,15 +166,28 @@ struct TensorKernels {
   }
 
   static double sum_squares(const Tensor& t) {
-    double* partial = scratch<double, 0>(kernels::kReduceBlocks + 1);
-    kernels::sum_squares_partial<<<kernels::kReduceBlocks, kThreads, 0, stream()>>>(t.data(), t.numel(), partial);
-    ABLATE_CUDA_CHECK_LAUNCH("sum_squares_partial");
-    kernels::sum_partials<<<1, kThreads, 0, stream()>>>(partial, kernels::kReduceBlocks,
-                                                        partial + kernels::kReduceBlocks);
-    ABLATE_CUDA_CHECK_LAUNCH("sum_partials");
+    double* total = scratch<double, 1>(1);
+    sum_squares_to_device(total, t);
     double out = 0;
-    copy_to_host(&out, partial + kernels::kReduceBlocks, 1);
+    copy_to_host(&out, total, 1);
     return out;
+  }
+  // The sum of sum_squares over `ts`, added in order, with one read-back for all of them.
+  static double sum_squares_all(const std::vector<const Tensor*>& ts) {
+    if (ts.empty()) return 0.0;
+    double* totals = scratch<double, 1>(ts.size() + 1);
+    for (std::size_t i = 0; i < ts.size(); ++i) sum_squares_to_device(totals + i, *ts[i]);
+    kernels::sum_in_order<<<1, 1, 0, stream()>>>(totals, static_cast<int>(ts.size()), totals + ts.size());
+    ABLATE_CUDA_CHECK_LAUNCH("sum_in_order");
+    double out = 0;
+    copy_to_host(&out, totals + ts.size(), 1);
+    return out;
+  }
+  // x *= 1 / (||x||_F + eps), the norm never leaving the device.
+  static void normalize_frobenius(Tensor& x, double eps) {
+    double* total = scratch<double, 1>(1);
+    sum_squares_to_device(total, x);
+    launch(kernels::scale_by_inverse_norm, x.numel(), x.data(), x.numel(), total, eps);
   }
 
   // Same streams as the CPU backend: element i of the tensor is a function of (key, i).
@@ -197,6 +221,15 @@ struct TensorKernels {
   }
 
  private:
+  // *out = sum of squares of t, on the device (a fixed block count: deterministic).
+  static void sum_squares_to_device(double* out, const Tensor& t) {
+    double* partial = scratch<double, 0>(kernels::kReduceBlocks);
+    kernels::sum_squares_partial<<<kernels::kReduceBlocks, kThreads, 0, stream()>>>(t.data(), t.numel(), partial);
+    ABLATE_CUDA_CHECK_LAUNCH("sum_squares_partial");
+    kernels::sum_partials<<<1, kThreads, 0, stream()>>>(partial, kernels::kReduceBlocks, out);
+    ABLATE_CUDA_CHECK_LAUNCH("sum_partials");
+  }
+
   static void copy_columns(Tensor& dst, std::ptrdiff_t dst_off, const Tensor& src,
                            std::ptrdiff_t src_off, std::ptrdiff_t count, bool accumulate) {
     launch(kernels::copy_columns, static_cast<std::size_t>(src.rows() * count), dst.data(),
