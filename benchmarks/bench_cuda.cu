@@ -1,6 +1,7 @@
 // CUDA throughput at the seed's Experiment 1 size (16 x 256 tokens, d = 512, vocab 49152):
-// each block's forward and backward, one full training step of each of the five Experiment 1
-// models, and raw bf16 cuBLASLt GEMMs.  Times come from CUDA events around each iteration.
+// each block's forward and backward, the attention kernels alone (fp32 and tensor-core sets
+// side by side), one full training step of each of the five Experiment 1 models, and raw bf16
+// cuBLASLt GEMMs.  Times come from CUDA events around each iteration.
 //
 // Model FLOP utilisation (MFU) is model FLOP/s over the bf16 GEMM rate this program measures at
 // start-up (8192^3, median of 5), so the ratio is taken side by side on the same GPU.
@@ -8,9 +9,11 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <ablate/backend/cuda/backend.cuh>
@@ -130,6 +133,60 @@ ABLATE_BLOCK_BENCH(MoE8x2, RoutedMoE, 0)
 using SeedMoE8x2 = SeedMoE<8, 2>;
 ABLATE_BLOCK_BENCH(SeedMoE8x2, SeedMoE8x2, 0)
 
+// Scaled dot-product attention alone at Experiment 1 size (batch 16, seq 256, 8 causal heads of
+// 64) with the given kernel set and dropout rate.  FLOPs as for the blocks: the full T x T
+// products (causal masking ignored, so the kernels do about half of them), the backward twice
+// the forward.
+void attention_pass(benchmark::State& state, cuda::AttentionKernel kernel, double dropout,
+                    bool backward) {
+  const ModelConfig cfg = experiment1_config();
+  AttentionShape a;
+  a.batch = static_cast<std::ptrdiff_t>(kBatch);
+  a.seq = static_cast<std::ptrdiff_t>(kSeq);
+  a.heads = static_cast<std::ptrdiff_t>(cfg.num_attention_heads);
+  a.qk_dim = a.v_dim = static_cast<std::ptrdiff_t>(cfg.head_dim());
+  a.scale = 1.0 / std::sqrt(static_cast<double>(cfg.head_dim()));
+  a.causal = true;
+  const auto width = static_cast<std::ptrdiff_t>(cfg.hidden_size);
+  const CUDA::Tensor q = random_activations<CUDA>(width, 11);
+  const CUDA::Tensor k = random_activations<CUDA>(width, 12);
+  const CUDA::Tensor v = random_activations<CUDA>(width, 13);
+  const CUDA::Tensor dout = random_activations<CUDA>(width, 14);
+  CUDA::Tensor out, probs, dq, dk, dv;
+  const cuda::AttentionKernel previous = cuda::attention_kernel();
+  cuda::set_attention_kernel(kernel);
+  const auto forward = [&] { CUDA::attention_forward(out, probs, q, k, v, a, dropout, 5); };
+  const auto backward_pass = [&] {
+    CUDA::attention_backward(dq, dk, dv, dout, probs, q, k, v, a, dropout, 5);
+  };
+  forward();  // warm-up: allocations, the shared-memory opt-in
+  backward_pass();
+  for (auto _ : state) state.SetIterationTime(backward ? timed(backward_pass) : timed(forward));
+  const double flops = attention_flops_per_token(kSeq, cfg.num_attention_heads, cfg.head_dim(),
+                                                 cfg.head_dim(), 1) *
+                       static_cast<double>(kTokens);
+  set_cuda_rates(state, backward ? 2.0 * flops : flops);
+  cuda::set_attention_kernel(previous);
+}
+
+// Both kernel sets side by side, forward and backward, without and with dropout.
+void register_attention_benches() {
+  using cuda::AttentionKernel;
+  const double training_dropout = experiment1_config().attention_dropout;
+  for (const bool backward : {false, true})
+    for (const double dropout : {0.0, training_dropout})
+      for (const auto& [choice, name] : {std::pair{AttentionKernel::fp32, "fp32"},
+                                         std::pair{AttentionKernel::tensor_core, "tensor_core"}}) {
+        const AttentionKernel kernel = choice;
+        const std::string label = std::string("BM_Attention_") +
+                                  (backward ? "backward/" : "forward/") + name +
+                                  (dropout > 0.0 ? "_dropout" : "");
+        benchmark::RegisterBenchmark(label.c_str(), [=](benchmark::State& s) {
+          attention_pass(s, kernel, dropout, backward);
+        })->UseManualTime()->Unit(benchmark::kMillisecond);
+      }
+}
+
 // One optimizer step of an Experiment 1 model: forward, backward, clipping, Muon + AdamW.
 template <class Arch>
 void train_step(benchmark::State& state, const ModelConfig& cfg, double routed_fraction,
@@ -174,6 +231,7 @@ int main(int argc, char** argv) {
   const auto& props = Runtime::get().properties();
   benchmark::AddCustomContext("gpu", props.name);
   benchmark::AddCustomContext("bf16_gemm_8192_tflops", std::to_string(g_peak_flops / 1e12));
+  register_attention_benches();
   register_train_steps();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -1,17 +1,25 @@
 // RoPE and the fused (flash-style) attention kernels of the CUDA backend against the CPU
 // backend on the same random inputs: both RoPE layouts forward and inverse; attention output
 // and all three gradients, causal and not, qk_dim == v_dim (MHA) and qk_dim != v_dim (MLA),
-// sequence lengths that are not multiples of the 32-key tile or the 8-row block, dropout off
-// and on (the GPU draws exactly the CPU's mask); plus causality, determinism and bad input.
+// sequence lengths that are not multiples of the kernels' tiles and blocks, dropout off and on
+// (the GPU draws exactly the CPU's mask); plus causality, determinism and bad input.  Both
+// kernel sets: the fp32 ones (selected explicitly, AttentionKernelScope) and the tensor-core
+// ones, also each one's saved state feeding the other's backward, and the kernel selection.
 //
-// Tolerance: both sides compute in fp32 (the attention kernels never round to bf16), so the
-// results differ only by summation order and exp/log rounding: kFp32Tolerance (1e-5 relative in
-// norm; a host emulation of these kernels measured <= 4e-7).  RoPE uses the CPU's double
-// angles and unfused float rotation, so it matches to 1e-6.
+// Tolerances.  fp32 kernels: both sides compute in fp32 (never rounding to bf16), so the results
+// differ only by summation order and exp/log rounding: kFp32Tolerance (1e-5 relative in norm; a
+// host emulation of these kernels measured <= 4e-7).  Tensor-core kernels: Q, K, V, dO, P and dS
+// are rounded to bf16 (8 significant bits) as matrix operands, and each gradient goes through two
+// chained products; a host emulation with the same tiles and rounding points measured at most
+// 3.5e-3 on the output and 4.7e-3 on the gradients over these cases (the tensor-core path's
+// only remaining differences are __expf and the accumulation order inside an mma), so
+// kTensorCoreTolerance = 2e-2 leaves a factor of 4.  RoPE uses the CPU's double angles and
+// unfused float rotation, so it matches to 1e-6.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cuda_test_util.cuh"
@@ -19,8 +27,26 @@
 using namespace cuda_test;
 using ablate::CPU;
 using ablate::CUDA;
+using ablate::cuda::AttentionKernel;
 
 namespace {
+
+constexpr double kTensorCoreTolerance = 2e-2;  // see the header comment
+
+// Selects the attention kernels for one scope and restores the previous choice.
+class AttentionKernelScope {
+ public:
+  explicit AttentionKernelScope(AttentionKernel kernel)
+      : previous_(ablate::cuda::attention_kernel()) {
+    ablate::cuda::set_attention_kernel(kernel);
+  }
+  ~AttentionKernelScope() { ablate::cuda::set_attention_kernel(previous_); }
+  AttentionKernelScope(const AttentionKernelScope&) = delete;
+  AttentionKernelScope& operator=(const AttentionKernelScope&) = delete;
+
+ private:
+  AttentionKernel previous_;
+};
 
 struct AttentionCase {
   std::ptrdiff_t batch, seq, heads, qk_dim, v_dim;
@@ -57,14 +83,55 @@ struct GpuGradients {
   CpuTensor out, dq, dk, dv;
 };
 
+// Forward and backward on the GPU, each with the given kernels (by default the current choice).
 GpuGradients run_gpu(const AttentionInputs& in, const ablate::AttentionShape& a, double p,
-                     std::uint64_t key) {
+                     std::uint64_t key, AttentionKernel forward = ablate::cuda::attention_kernel(),
+                     AttentionKernel backward = ablate::cuda::attention_kernel()) {
   const GpuTensor q = to_gpu(in.q), k = to_gpu(in.k), v = to_gpu(in.v), dout = to_gpu(in.dout);
   GpuTensor out, state, dq, dk, dv;
-  CUDA::attention_forward(out, state, q, k, v, a, p, key);
+  {
+    const AttentionKernelScope scope(forward);
+    CUDA::attention_forward(out, state, q, k, v, a, p, key);
+  }
   CHECK(state.rows() == a.batch * a.heads * a.seq);  // per-row state, never T x T
-  CUDA::attention_backward(dq, dk, dv, dout, state, q, k, v, a, p, key);
+  CHECK(state.cols() == 1 + a.v_dim);
+  {
+    const AttentionKernelScope scope(backward);
+    CUDA::attention_backward(dq, dk, dv, dout, state, q, k, v, a, p, key);
+  }
   return {to_cpu(out), to_cpu(dq), to_cpu(dk), to_cpu(dv)};
+}
+
+// The CPU backend's output and gradients on the same inputs.
+GpuGradients run_cpu(const AttentionInputs& in, const ablate::AttentionShape& a, double p,
+                     std::uint64_t key) {
+  CpuTensor out, probs, dq, dk, dv;
+  CPU::attention_forward(out, probs, in.q, in.k, in.v, a, p, key);
+  CPU::attention_backward(dq, dk, dv, in.dout, probs, in.q, in.k, in.v, a, p, key);
+  return {out, dq, dk, dv};
+}
+
+// out and dq of the first `cut` positions of every sequence are bit-identical in g and h.
+bool earlier_rows_same(const GpuGradients& g, const GpuGradients& h, std::ptrdiff_t batch,
+                       std::ptrdiff_t seq, std::ptrdiff_t cut) {
+  bool same = true;
+  for (std::ptrdiff_t b = 0; b < batch; ++b) {
+    same = same && same_bits(g.out.middleRows(b * seq, cut), h.out.middleRows(b * seq, cut));
+    same = same && same_bits(g.dq.middleRows(b * seq, cut), h.dq.middleRows(b * seq, cut));
+  }
+  return same;
+}
+
+// The inputs with keys and values from position `cut` on shifted.
+AttentionInputs with_later_keys_changed(const AttentionInputs& in, std::ptrdiff_t batch,
+                                        std::ptrdiff_t seq, std::ptrdiff_t cut) {
+  AttentionInputs later = in;
+  for (std::ptrdiff_t b = 0; b < batch; ++b)
+    for (std::ptrdiff_t t = cut; t < seq; ++t) {
+      later.k.row(b * seq + t).array() += 3.f;
+      later.v.row(b * seq + t).array() -= 5.f;
+    }
+  return later;
 }
 
 }  // namespace
@@ -105,6 +172,7 @@ TEST_CASE("cuda: rope matches the CPU backend in both layouts, forward and inver
 }
 
 TEST_CASE("cuda: fused attention forward and gradients match the CPU backend") {
+  const AttentionKernelScope fp32(AttentionKernel::fp32);
   // MHA head dims (tiny, 16, 64, 128) and MLA's qk != v (96/64, 192/128, 33/65), the 256 maximum;
   // sequence lengths off the 32-key tile and the 8-row block.
   const std::vector<AttentionCase> cases = {
@@ -125,18 +193,17 @@ TEST_CASE("cuda: fused attention forward and gradients match the CPU backend") {
         const ablate::AttentionShape a = shape_of(c, causal);
         const AttentionInputs in(a, static_cast<std::uint64_t>(c.seq * 10 + c.qk_dim));
         const std::uint64_t key = 1234;
-        CpuTensor out, probs, dq, dk, dv;
-        CPU::attention_forward(out, probs, in.q, in.k, in.v, a, p, key);
-        CPU::attention_backward(dq, dk, dv, in.dout, probs, in.q, in.k, in.v, a, p, key);
+        const GpuGradients ref = run_cpu(in, a, p, key);
         const GpuGradients g = run_gpu(in, a, p, key);
-        CHECK(relative_error(g.out, out) < kFp32Tolerance);
-        CHECK(relative_error(g.dq, dq) < kFp32Tolerance);
-        CHECK(relative_error(g.dk, dk) < kFp32Tolerance);
-        CHECK(relative_error(g.dv, dv) < kFp32Tolerance);
+        CHECK(relative_error(g.out, ref.out) < kFp32Tolerance);
+        CHECK(relative_error(g.dq, ref.dq) < kFp32Tolerance);
+        CHECK(relative_error(g.dk, ref.dk) < kFp32Tolerance);
+        CHECK(relative_error(g.dv, ref.dv) < kFp32Tolerance);
       }
 }
 
 TEST_CASE("cuda: attention over a single token returns its value and no q/k gradient") {
+  const AttentionKernelScope fp32(AttentionKernel::fp32);
   const ablate::AttentionShape a = shape_of({2, 1, 2, 8, 8}, true);
   const AttentionInputs in(a, 77);
   const GpuGradients g = run_gpu(in, a, 0.0, 1);
@@ -148,6 +215,7 @@ TEST_CASE("cuda: attention over a single token returns its value and no q/k grad
 }
 
 TEST_CASE("cuda: causal attention kernels never read later keys or values") {
+  const AttentionKernelScope fp32(AttentionKernel::fp32);
   const AttentionCase c{2, 45, 3, 24, 16};
   const std::ptrdiff_t cut = 20;  // inside a 32-key tile and an 8-row block
   for (const double p : {0.0, 0.1}) {
@@ -156,28 +224,17 @@ TEST_CASE("cuda: causal attention kernels never read later keys or values") {
       CAPTURE(causal);
       const ablate::AttentionShape a = shape_of(c, causal);
       const AttentionInputs in(a, 5);
-      AttentionInputs later = in;
-      for (std::ptrdiff_t b = 0; b < c.batch; ++b)
-        for (std::ptrdiff_t t = cut; t < c.seq; ++t) {
-          later.k.row(b * c.seq + t).array() += 3.f;
-          later.v.row(b * c.seq + t).array() -= 5.f;
-        }
+      const AttentionInputs later = with_later_keys_changed(in, c.batch, c.seq, cut);
       const GpuGradients g = run_gpu(in, a, p, 9), h = run_gpu(later, a, p, 9);
-      bool earlier_same = true;
-      for (std::ptrdiff_t b = 0; b < c.batch; ++b) {
-        earlier_same = earlier_same && same_bits(g.out.middleRows(b * c.seq, cut),
-                                                 h.out.middleRows(b * c.seq, cut));
-        earlier_same = earlier_same && same_bits(g.dq.middleRows(b * c.seq, cut),
-                                                 h.dq.middleRows(b * c.seq, cut));
-      }
       // Causal: rows before the cut are bit-identical.  Non-causal: the probe sees the change.
-      CHECK(earlier_same == causal);
+      CHECK(earlier_rows_same(g, h, c.batch, c.seq, cut) == causal);
       CHECK(relative_error(h.out, g.out) > 1e-3);
     }
   }
 }
 
 TEST_CASE("cuda: attention gradients are deterministic (no atomics)") {
+  const AttentionKernelScope fp32(AttentionKernel::fp32);
   const ablate::AttentionShape a = shape_of({2, 77, 2, 32, 48}, true);
   const AttentionInputs in(a, 11);
   const GpuGradients first = run_gpu(in, a, 0.1, 3), second = run_gpu(in, a, 0.1, 3);
@@ -188,6 +245,7 @@ TEST_CASE("cuda: attention gradients are deterministic (no atomics)") {
 }
 
 TEST_CASE("cuda: attention rejects shapes its kernels cannot handle") {
+  const AttentionKernelScope fp32(AttentionKernel::fp32);
   const auto call = [](const ablate::AttentionShape& a, std::ptrdiff_t q_rows) {
     const GpuTensor q(q_rows, a.heads * a.qk_dim), k(a.batch * a.seq, a.heads * a.qk_dim),
         v(a.batch * a.seq, a.heads * a.v_dim);
@@ -207,4 +265,152 @@ TEST_CASE("cuda: attention rejects shapes its kernels cannot handle") {
   CHECK_THROWS_AS(CUDA::attention_backward(dq, dk, dv, out, wrong_state, t, t, t, a, 0.0, 1),
                   ablate::invalid_input);
   CHECK_THROWS_AS(CUDA::attention_forward(out, state, t, t, t, a, 1.0, 1), ablate::invalid_input);
+}
+
+TEST_CASE("cuda: tensor-core attention forward and gradients match the CPU backend") {
+  const AttentionKernelScope tensor_core(AttentionKernel::tensor_core);
+  // Head dims 16, 64, 128 and MLA-like qk != v (64/32, 32/64, 48/80: fragment counts that are
+  // not powers of two); sequence lengths inside one 16-row warp slice, off the 64-row block and
+  // 64-key tile, exactly four tiles, and a partial second tile; batch * heads > 1 throughout.
+  const std::vector<AttentionCase> cases = {
+      {2, 17, 2, 16, 16},   {1, 100, 2, 64, 64}, {1, 256, 2, 64, 64}, {2, 100, 2, 128, 128},
+      {1, 70, 2, 64, 32},   {1, 45, 2, 32, 64},  {1, 130, 3, 48, 80},
+  };
+  for (const AttentionCase& c : cases)
+    for (const bool causal : {true, false})
+      for (const double p : {0.0, 0.1}) {
+        CAPTURE(c.batch);
+        CAPTURE(c.seq);
+        CAPTURE(c.heads);
+        CAPTURE(c.qk_dim);
+        CAPTURE(c.v_dim);
+        CAPTURE(causal);
+        CAPTURE(p);
+        const ablate::AttentionShape a = shape_of(c, causal);
+        const AttentionInputs in(a, static_cast<std::uint64_t>(c.seq * 10 + c.qk_dim));
+        const std::uint64_t key = 1234;
+        const GpuGradients ref = run_cpu(in, a, p, key);
+        const GpuGradients g = run_gpu(in, a, p, key);
+        CHECK(relative_error(g.out, ref.out) < kTensorCoreTolerance);
+        CHECK(relative_error(g.dq, ref.dq) < kTensorCoreTolerance);
+        CHECK(relative_error(g.dk, ref.dk) < kTensorCoreTolerance);
+        CHECK(relative_error(g.dv, ref.dv) < kTensorCoreTolerance);
+      }
+}
+
+TEST_CASE("cuda: tensor-core attention over a single token") {
+  const AttentionKernelScope tensor_core(AttentionKernel::tensor_core);
+  for (const bool causal : {true, false}) {
+    CAPTURE(causal);
+    const ablate::AttentionShape a = shape_of({2, 1, 2, 16, 16}, causal);
+    const AttentionInputs in(a, 77);
+    const GpuGradients g = run_gpu(in, a, 0.0, 1);
+    // The output is the value, rounded to bf16 on its way through P V.
+    CHECK(relative_error(g.out, in.v) < kTensorCoreTolerance);
+    CHECK(relative_error(g.dv, in.dout) < kTensorCoreTolerance);
+    // The exact q/k gradients are zero; what remains is dP = dO . V from bf16 operands against
+    // D from fp32 ones (an emulation gives ~1e-3 of |q|).
+    CHECK(g.dq.norm() < kTensorCoreTolerance * in.q.norm());
+    CHECK(g.dk.norm() < kTensorCoreTolerance * in.k.norm());
+  }
+}
+
+TEST_CASE("cuda: causal tensor-core attention never reads later keys or values") {
+  const AttentionKernelScope tensor_core(AttentionKernel::tensor_core);
+  const AttentionCase c{2, 100, 3, 32, 16};
+  const std::ptrdiff_t cut = 40;  // inside the first 64-row block and 64-key tile, mid-warp
+  for (const double p : {0.0, 0.1}) {
+    CAPTURE(p);
+    for (const bool causal : {true, false}) {
+      CAPTURE(causal);
+      const ablate::AttentionShape a = shape_of(c, causal);
+      const AttentionInputs in(a, 5);
+      const AttentionInputs later = with_later_keys_changed(in, c.batch, c.seq, cut);
+      const GpuGradients g = run_gpu(in, a, p, 9), h = run_gpu(later, a, p, 9);
+      CHECK(earlier_rows_same(g, h, c.batch, c.seq, cut) == causal);
+      CHECK(relative_error(h.out, g.out) > 1e-3);
+    }
+  }
+}
+
+TEST_CASE("cuda: tensor-core attention is deterministic (no atomics)") {
+  const AttentionKernelScope tensor_core(AttentionKernel::tensor_core);
+  for (const bool causal : {true, false}) {
+    CAPTURE(causal);
+    const ablate::AttentionShape a = shape_of({2, 150, 2, 64, 32}, causal);
+    const AttentionInputs in(a, 11);
+    const GpuGradients first = run_gpu(in, a, 0.1, 3), second = run_gpu(in, a, 0.1, 3);
+    CHECK(same_bits(first.out, second.out));
+    CHECK(same_bits(first.dq, second.dq));
+    CHECK(same_bits(first.dk, second.dk));
+    CHECK(same_bits(first.dv, second.dv));
+  }
+}
+
+TEST_CASE("cuda: either attention forward's saved state feeds either backward") {
+  // The state layout ([log-sum-exp, output] per row) is shared, so a forward of one kernel set
+  // and a backward of the other still agree with the CPU (to bf16 rounding: one side is bf16).
+  for (const bool causal : {true, false})
+    for (const double p : {0.0, 0.1}) {
+      CAPTURE(causal);
+      CAPTURE(p);
+      const ablate::AttentionShape a = shape_of({2, 90, 2, 64, 48}, causal);
+      const AttentionInputs in(a, 21);
+      const GpuGradients ref = run_cpu(in, a, p, 5);
+      for (const auto& [forward, backward] :
+           {std::pair{AttentionKernel::tensor_core, AttentionKernel::fp32},
+            std::pair{AttentionKernel::fp32, AttentionKernel::tensor_core}}) {
+        CAPTURE(static_cast<int>(forward));
+        const GpuGradients g = run_gpu(in, a, p, 5, forward, backward);
+        CHECK(relative_error(g.out, ref.out) < kTensorCoreTolerance);
+        CHECK(relative_error(g.dq, ref.dq) < kTensorCoreTolerance);
+        CHECK(relative_error(g.dk, ref.dk) < kTensorCoreTolerance);
+        CHECK(relative_error(g.dv, ref.dv) < kTensorCoreTolerance);
+      }
+    }
+}
+
+TEST_CASE("cuda: attention kernel selection") {
+  using ablate::cuda::attention_kernel_for;
+  using ablate::cuda::parse_attention_kernel;
+  CHECK(parse_attention_kernel("auto") == AttentionKernel::automatic);
+  CHECK(parse_attention_kernel("fp32") == AttentionKernel::fp32);
+  CHECK(parse_attention_kernel("tensor_core") == AttentionKernel::tensor_core);
+  CHECK_THROWS_AS(parse_attention_kernel("bf16"), ablate::invalid_input);
+
+  const ablate::AttentionShape mha = shape_of({1, 8, 2, 64, 64}, true);
+  const ablate::AttentionShape mla = shape_of({1, 8, 2, 32, 64}, true);
+  const ablate::AttentionShape odd = shape_of({1, 8, 2, 24, 24}, true);
+  const ablate::AttentionShape wide = shape_of({1, 8, 2, 144, 144}, true);
+  {
+    const AttentionKernelScope automatic(AttentionKernel::automatic);
+    CHECK(attention_kernel_for(mha) == AttentionKernel::tensor_core);
+    CHECK(attention_kernel_for(mla) == AttentionKernel::tensor_core);
+    CHECK(attention_kernel_for(odd) == AttentionKernel::fp32);   // not a multiple of 16
+    CHECK(attention_kernel_for(wide) == AttentionKernel::fp32);  // above 128
+    const AttentionInputs in(odd, 3);
+    CHECK_NOTHROW(run_gpu(in, odd, 0.0, 1));
+  }
+  {
+    const AttentionKernelScope fp32(AttentionKernel::fp32);
+    CHECK(attention_kernel_for(mha) == AttentionKernel::fp32);
+  }
+  {
+    // Forcing the tensor-core kernels onto head dims they cannot run is an error, forward and
+    // backward (whose state an fp32 forward made).
+    const AttentionKernelScope tensor_core(AttentionKernel::tensor_core);
+    CHECK(attention_kernel_for(mha) == AttentionKernel::tensor_core);
+    CHECK_THROWS_AS(attention_kernel_for(odd), ablate::invalid_input);
+    const AttentionInputs in(odd, 3);
+    const GpuTensor q = to_gpu(in.q), k = to_gpu(in.k), v = to_gpu(in.v), dout = to_gpu(in.dout);
+    GpuTensor out, state, dq, dk, dv;
+    CHECK_THROWS_AS(CUDA::attention_forward(out, state, q, k, v, odd, 0.0, 1),
+                    ablate::invalid_input);
+    {
+      const AttentionKernelScope fp32(AttentionKernel::fp32);
+      CUDA::attention_forward(out, state, q, k, v, odd, 0.0, 1);
+    }
+    CHECK_THROWS_AS(CUDA::attention_backward(dq, dk, dv, dout, state, q, k, v, odd, 0.0, 1),
+                    ablate::invalid_input);
+  }
 }

@@ -23,13 +23,23 @@
 //
 // fp32 throughout (scores, softmax and accumulations), so results agree with the fp32 CPU
 // backend to float rounding.  Head dims (qk_dim, v_dim) from 1 to kAttnMaxDim = 256.
+//
+// These scalar kernels do about one shared-memory load per FMA; attention_tensor_core.cuh has
+// the same three kernels with their products on bf16 tensor cores (fp32 softmax and
+// accumulation) for head dims that are multiples of 16 up to 128.  Both write and read the same
+// saved state, so either forward feeds either backward.  Which set runs is a process-wide
+// choice (AttentionKernel below): by default the tensor-core kernels wherever they apply.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <string_view>
 
 #include "ablate/backend/cuda/buffer.cuh"
 #include "ablate/backend/cuda/device.cuh"
@@ -68,18 +78,22 @@ constexpr int attention_pad(std::ptrdiff_t dim) {
   return static_cast<int>((dim + kWarp - 1) / kWarp * kWarp + 1);
 }
 
-// Splits blockIdx.x into the (batch, head) pair and the first row of the block.  Blocks with
-// the most work (late rows of causal attention) get the lowest indices, so they start first.
+// Splits blockIdx.x into the (batch, head) pair and the first row of the block (blocks of
+// `rows` rows, p.row_blocks per pair).  Blocks with the most work get the lowest indices, so
+// they start first: under a causal mask that is late rows for kernels over query rows
+// (late_rows_first) and early rows for kernels over key rows.
 struct AttentionBlock {
   std::ptrdiff_t bh, b, h, row0;
 };
-__device__ inline AttentionBlock attention_block(const AttentionParams& p) {
+__device__ inline AttentionBlock attention_block(const AttentionParams& p, int rows,
+                                                 bool late_rows_first) {
   AttentionBlock blk{};
   const auto x = static_cast<std::ptrdiff_t>(blockIdx.x);
   blk.bh = x / p.row_blocks;
   blk.b = blk.bh / p.heads;
   blk.h = blk.bh % p.heads;
-  blk.row0 = (p.row_blocks - 1 - x % p.row_blocks) * kAttnWarps;
+  const std::ptrdiff_t block = x % p.row_blocks;
+  blk.row0 = (late_rows_first ? p.row_blocks - 1 - block : block) * rows;
   return blk;
 }
 
@@ -131,7 +145,7 @@ ABLATE_KERNEL void attention_forward(float* out, float* state, const float* q, c
   float* qs = vs + kAttnTile * vd;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
-  const AttentionBlock blk = attention_block(p);
+  const AttentionBlock blk = attention_block(p, kAttnWarps, true);
   const std::ptrdiff_t T = p.seq, base = blk.b * T;
   const std::ptrdiff_t i = blk.row0 + warp;  // this warp's query row
   const bool active = i < T;
@@ -208,7 +222,7 @@ ABLATE_KERNEL void attention_backward_dq(float* dq, float* d_out, const float* d
   float* dos = qs + kAttnWarps * qk;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
-  const AttentionBlock blk = attention_block(p);
+  const AttentionBlock blk = attention_block(p, kAttnWarps, true);
   const std::ptrdiff_t T = p.seq, base = blk.b * T;
   const std::ptrdiff_t i = blk.row0 + warp;
   const bool active = i < T;
@@ -286,7 +300,7 @@ ABLATE_KERNEL void attention_backward_dkv(float* dk, float* dv, const float* dou
   float* d_t = lse_t + kAttnTile;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
-  const AttentionBlock blk = attention_block(p);
+  const AttentionBlock blk = attention_block(p, kAttnWarps, false);
   const std::ptrdiff_t T = p.seq, base = blk.b * T;
   const std::ptrdiff_t j = blk.row0 + warp;  // this warp's key row
   const bool active = j < T;
@@ -359,6 +373,120 @@ ABLATE_KERNEL void attention_backward_dkv(float* dk, float* dv, const float* dou
 
 }  // namespace kernels
 
+// Host pieces both kernel sets launch with.
+
+// The kernel parameters of one call, for blocks of `rows_per_block` rows.
+inline kernels::AttentionParams attention_params(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                 std::ptrdiff_t ldo, const AttentionShape& a,
+                                                 double dropout_p, std::uint64_t key,
+                                                 int rows_per_block) {
+  kernels::AttentionParams p;
+  p.seq = a.seq;
+  p.heads = a.heads;
+  p.qk_dim = a.qk_dim;
+  p.v_dim = a.v_dim;
+  p.ldq = q.cols();
+  p.ldk = k.cols();
+  p.ldv = v.cols();
+  p.ldo = ldo;
+  p.row_blocks = (a.seq + rows_per_block - 1) / rows_per_block;
+  p.qk_pad = kernels::attention_pad(a.qk_dim);
+  p.v_pad = kernels::attention_pad(a.v_dim);
+  p.scale = static_cast<float>(a.scale);
+  p.causal = a.causal;
+  p.dropout_p = dropout_p > 0.0 ? dropout_p : 0.0;
+  p.dropout_scale = dropout_p > 0.0 ? static_cast<float>(1.0 / (1.0 - dropout_p)) : 1.f;
+  p.key = key;
+  return p;
+}
+
+// One block per row block of every (batch, head) pair.
+inline unsigned attention_grid(const AttentionShape& a, const kernels::AttentionParams& p) {
+  return static_cast<unsigned>(a.batch * a.heads * p.row_blocks);
+}
+
+// Launches `kernel` with `bytes` of dynamic shared memory, opting in above the 48 KiB default.
+// The attribute is set on every such launch: kernels have internal linkage, so a cache could not
+// tell one translation unit's copy from another.
+template <class... Params, class... Args>
+void launch_attention_kernel(void (*kernel)(Params...), const char* name, unsigned grid,
+                             int threads, std::size_t bytes, Args... args) {
+  constexpr std::size_t default_limit = 48u << 10;
+  const std::size_t limit = Runtime::get().properties().sharedMemPerBlockOptin;
+  require(bytes <= limit, name, ": needs ", bytes,
+          " bytes of shared memory per block, the device allows ", limit,
+          " (use smaller head dims)");
+  if (bytes > default_limit)
+    ABLATE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes)));
+  kernel<<<grid, threads, bytes, stream()>>>(args...);
+  ABLATE_CUDA_CHECK_LAUNCH(name);
+}
+
+// The tensor-core kernel set, defined in attention_tensor_core.cuh (included at the end of this
+// file, after the pieces it builds on).  Callers have validated the shapes.
+//   attention_tc_supported: the head dims suit it (multiples of 16 up to 128) and its shared
+//     memory fits this device.
+//   attention_tc_require: throws, naming the dims, unless the head dims suit it.
+//   attention_tc_forward / attention_tc_backward: as AttentionKernels' functions, with out and
+//     probs (or dq, dk, dv) already sized.
+inline bool attention_tc_supported(const AttentionShape& a);
+inline void attention_tc_require(const AttentionShape& a, const char* what);
+inline void attention_tc_forward(Tensor& out, Tensor& probs, const Tensor& q, const Tensor& k,
+                                 const Tensor& v, const AttentionShape& a, double dropout_p,
+                                 std::uint64_t key);
+inline void attention_tc_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout,
+                                  const Tensor& probs, const Tensor& q, const Tensor& k,
+                                  const Tensor& v, const AttentionShape& a, double dropout_p,
+                                  std::uint64_t key);
+
+// Which attention kernels run, process-wide:
+//   automatic    the tensor-core kernels where attention_tc_supported, else the fp32 ones
+//   fp32         always the fp32 kernels (agree with the CPU backend to float rounding)
+//   tensor_core  always the tensor-core kernels; a shape they cannot run is an error
+// The initial choice comes from the environment variable ABLATE_CUDA_ATTENTION (auto, fp32 or
+// tensor_core; unset or empty means auto), read once, at the first attention call or query.
+enum class AttentionKernel { automatic, fp32, tensor_core };
+
+// ABLATE_CUDA_ATTENTION's spelling of a choice; anything else throws invalid_input.
+inline AttentionKernel parse_attention_kernel(std::string_view name) {
+  if (name == "auto") return AttentionKernel::automatic;
+  if (name == "fp32") return AttentionKernel::fp32;
+  if (name == "tensor_core") return AttentionKernel::tensor_core;
+  throw invalid_input("ABLATE_CUDA_ATTENTION: expected auto, fp32 or tensor_core, got '" +
+                      std::string(name) + "'");
+}
+
+// The stored choice (an inline function's static: one per process, not per translation unit).
+// An invalid ABLATE_CUDA_ATTENTION throws from every use, since the static stays uninitialised.
+inline std::atomic<AttentionKernel>& attention_kernel_setting() {
+  static std::atomic<AttentionKernel> setting{[] {
+    const char* env = std::getenv("ABLATE_CUDA_ATTENTION");
+    return env == nullptr || *env == '\0' ? AttentionKernel::automatic
+                                          : parse_attention_kernel(env);
+  }()};
+  return setting;
+}
+inline void set_attention_kernel(AttentionKernel kernel) {
+  attention_kernel_setting().store(kernel);
+}
+inline AttentionKernel attention_kernel() { return attention_kernel_setting().load(); }
+
+// The kernel set a call of shape `a` runs under the current choice: fp32 or tensor_core.
+inline AttentionKernel attention_kernel_for(const AttentionShape& a,
+                                            const char* what = "attention") {
+  switch (attention_kernel()) {
+    case AttentionKernel::fp32:
+      return AttentionKernel::fp32;
+    case AttentionKernel::tensor_core:
+      attention_tc_require(a, what);
+      return AttentionKernel::tensor_core;
+    case AttentionKernel::automatic:
+      break;
+  }
+  return attention_tc_supported(a) ? AttentionKernel::tensor_core : AttentionKernel::fp32;
+}
+
 struct AttentionKernels {
   using Tensor = cuda::Tensor;
 
@@ -371,12 +499,17 @@ struct AttentionKernels {
     out.resize(a.batch * a.seq, a.heads * a.v_dim);
     probs.resize(a.batch * a.heads * a.seq, 1 + a.v_dim);
     if (probs.rows() == 0) return;
-    const kernels::AttentionParams p = params(q, k, v, out.cols(), a, dropout_p, key);
+    if (attention_kernel_for(a, "attention_forward") == AttentionKernel::tensor_core) {
+      attention_tc_forward(out, probs, q, k, v, a, dropout_p, key);
+      return;
+    }
+    const kernels::AttentionParams p =
+        attention_params(q, k, v, out.cols(), a, dropout_p, key, kernels::kAttnWarps);
     const std::size_t floats =
         static_cast<std::size_t>(kernels::kAttnTile) * static_cast<std::size_t>(p.qk_pad + p.v_dim) +
         static_cast<std::size_t>(kernels::kAttnWarps * p.qk_dim);
-    run(kernels::attention_forward, "attention_forward", blocks(a), floats, out.data(), probs.data(),
-        q.data(), k.data(), v.data(), p);
+    run(kernels::attention_forward, "attention_forward", attention_grid(a, p), floats, out.data(),
+        probs.data(), q.data(), k.data(), v.data(), p);
   }
 
   // dq, dk, dv are overwritten.
@@ -401,16 +534,21 @@ struct AttentionKernels {
     if (k.cols() != a.heads * a.qk_dim) TensorKernels::set_zero(dk);
     if (v.cols() != a.heads * a.v_dim) TensorKernels::set_zero(dv);
     if (probs.rows() == 0) return;
-    const kernels::AttentionParams p = params(q, k, v, dout.cols(), a, dropout_p, key);
+    if (attention_kernel_for(a, "attention_backward") == AttentionKernel::tensor_core) {
+      attention_tc_backward(dq, dk, dv, dout, probs, q, k, v, a, dropout_p, key);
+      return;
+    }
+    const kernels::AttentionParams p =
+        attention_params(q, k, v, dout.cols(), a, dropout_p, key, kernels::kAttnWarps);
     float* d = scratch<float, 10>(static_cast<std::size_t>(probs.rows()));
     const auto tile = static_cast<std::size_t>(kernels::kAttnTile);
     const auto warps = static_cast<std::size_t>(kernels::kAttnWarps);
     const auto qk = static_cast<std::size_t>(a.qk_dim), vd = static_cast<std::size_t>(a.v_dim);
     const std::size_t tiles = tile * static_cast<std::size_t>(p.qk_pad + p.v_pad);
-    run(kernels::attention_backward_dq, "attention_backward_dq", blocks(a),
-        tiles + warps * (qk + vd), dq.data(), d, dout.data(), probs.data(), q.data(), k.data(),
-        v.data(), p);
-    run(kernels::attention_backward_dkv, "attention_backward_dkv", blocks(a),
+    const unsigned grid = attention_grid(a, p);
+    run(kernels::attention_backward_dq, "attention_backward_dq", grid, tiles + warps * (qk + vd),
+        dq.data(), d, dout.data(), probs.data(), q.data(), k.data(), v.data(), p);
+    run(kernels::attention_backward_dkv, "attention_backward_dkv", grid,
         tiles + warps * (qk + vd) + 2 * tile, dk.data(), dv.data(), dout.data(), probs.data(), d,
         q.data(), k.data(), v.data(), p);
   }
@@ -435,54 +573,23 @@ struct AttentionKernels {
     check(q, "q", a.qk_dim);
     check(k, "k", a.qk_dim);
     check(v, "v", a.v_dim);
+    // The fp32 kernels' blocks are the smallest (kAttnWarps rows), so their grid is the largest.
     const std::ptrdiff_t row_blocks = (a.seq + kernels::kAttnWarps - 1) / kernels::kAttnWarps;
     require(a.batch * a.heads * row_blocks <= 0x7fffffff, what, ": ", a.batch * a.heads,
             " (batch, head) pairs of ", a.seq, " rows exceed the CUDA grid limit");
   }
 
-  static kernels::AttentionParams params(const Tensor& q, const Tensor& k, const Tensor& v,
-                                         std::ptrdiff_t ldo, const AttentionShape& a,
-                                         double dropout_p, std::uint64_t key) {
-    kernels::AttentionParams p;
-    p.seq = a.seq;
-    p.heads = a.heads;
-    p.qk_dim = a.qk_dim;
-    p.v_dim = a.v_dim;
-    p.ldq = q.cols();
-    p.ldk = k.cols();
-    p.ldv = v.cols();
-    p.ldo = ldo;
-    p.row_blocks = (a.seq + kernels::kAttnWarps - 1) / kernels::kAttnWarps;
-    p.qk_pad = kernels::attention_pad(a.qk_dim);
-    p.v_pad = kernels::attention_pad(a.v_dim);
-    p.scale = static_cast<float>(a.scale);
-    p.causal = a.causal;
-    p.dropout_p = dropout_p > 0.0 ? dropout_p : 0.0;
-    p.dropout_scale = dropout_p > 0.0 ? static_cast<float>(1.0 / (1.0 - dropout_p)) : 1.f;
-    p.key = key;
-    return p;
-  }
-
-  static unsigned blocks(const AttentionShape& a) {
-    const std::ptrdiff_t row_blocks = (a.seq + kernels::kAttnWarps - 1) / kernels::kAttnWarps;
-    return static_cast<unsigned>(a.batch * a.heads * row_blocks);
-  }
-
-  // Launches with `floats` of dynamic shared memory (opting in above the 48 KiB default; at
-  // most about 91 KiB, for head dims of 256).  The attribute is set on every launch: kernels
-  // have internal linkage, so a cache could not tell one translation unit's copy from another.
+  // The fp32 kernels' launch: `floats` of dynamic shared memory (at most about 91 KiB, for head
+  // dims of 256), kAttnThreads threads.
   template <class... Params, class... Args>
   static void run(void (*kernel)(Params...), const char* name, unsigned grid, std::size_t floats,
                   Args... args) {
-    const std::size_t bytes = floats * sizeof(float);
-    const std::size_t limit = Runtime::get().properties().sharedMemPerBlockOptin;
-    require(bytes <= limit, name, ": needs ", bytes, " bytes of shared memory per block, the device allows ",
-            limit, " (use smaller head dims)");
-    ABLATE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(bytes)));
-    kernel<<<grid, kernels::kAttnThreads, bytes, stream()>>>(args...);
-    ABLATE_CUDA_CHECK_LAUNCH(name);
+    launch_attention_kernel(kernel, name, grid, kernels::kAttnThreads, floats * sizeof(float),
+                            args...);
   }
 };
 
 }  // namespace ablate::cuda
+
+// The tensor-core kernels and attention_tc_* (declared above).
+#include "ablate/backend/cuda/attention_tensor_core.cuh"
