@@ -10,27 +10,29 @@
 #       runtime) into DIR/lib; cuBLASLt is taken from the machine's toolkit or PyTorch's wheels.
 #
 #   bash cmake/gpu-check.sh run [--build-dir DIR] [--out DIR] [--only STEP,...] [--skip STEP,...]
+#                               [--archive FILE.tar.gz]
 #       on the GPU machine, with the build folder (and .cache/ablate-data for exp1) copied over:
 #       runs the steps below in this order, each logged to OUT/<step>.log, and prints a summary
 #       table (step, status, seconds).  Needs no compiler there; the PyTorch steps need
-#       PyTorch (and transformers for golden).
+#       PyTorch (and transformers for golden).  --archive rewrites FILE, a tar.gz of OUT, after
+#       every step, so a run cut short still leaves the finished steps' results in one file.
 #
-# Steps:
+# Steps, cheapest and most needed first:
 #   golden    tests/reference/make_golden.py into OUT/golden (PyTorch + transformers; no build)
 #   tests     ablate_cuda_tests: every CUDA kernel, block and model against the CPU backend
-#   memcheck  the same tests under compute-sanitizer --tool memcheck (skipped if it is absent)
 #   bench     bench_cuda, 3 repetitions, JSON in OUT/bench_cuda.json
 #   pytorch   benchmarks/pytorch_reference.py beside bench_cuda, table in OUT/pytorch.md
 #   exp1      exp1_ablation --backend cuda --preset full (five models, 1500 batches, one seed)
+#   memcheck  the CUDA tests under compute-sanitizer --tool memcheck (skipped if it is absent)
 #
 # Defaults: --build-dir build/gpu, --out results/gpu-check.  A failing step does not stop the
 # others; the exit status is 1 if any step failed.
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-all_steps=(golden tests memcheck bench pytorch exp1)
+all_steps=(golden tests bench pytorch exp1 memcheck)
 
-usage() { sed -n '2,27s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,30s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 die() {
   echo "gpu-check.sh: $*" >&2
   exit 2
@@ -43,12 +45,14 @@ build_dir="$root/build/gpu"
 out="$root/results/gpu-check"
 only=""
 skip=""
+archive=""
 while (($#)); do
   case "$1" in
     --build-dir) build_dir="${2:?--build-dir needs a folder}"; shift ;;
     --out) out="${2:?--out needs a folder}"; shift ;;
     --only) only="${2:?--only needs steps}"; shift ;;
     --skip) skip="${2:?--skip needs steps}"; shift ;;
+    --archive) archive="${2:?--archive needs a file name}"; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument '$1'" ;;
   esac
@@ -134,6 +138,8 @@ run_step() {
   esac
   tail -n 5 "$out/$name.log"
   summary+=("$(printf '%-9s %-8s %5d s' "$name" "$status" $((SECONDS - start)))")
+  printf '%s\n' "${summary[@]}" >"$out/summary.txt"
+  [[ -z "$archive" ]] || tar czf "$archive" -C "$(dirname "$out")" "$(basename "$out")"
 }
 need() {  # need FILE: exit 77 (skipped) with a note when a built program is missing
   [[ -x "$1" ]] && return 0
@@ -173,5 +179,5 @@ done
 
 echo
 echo "== gpu-check summary ($out)"
-printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
+cat "$out/summary.txt"
 exit "$failed"
