@@ -134,6 +134,31 @@ AttentionInputs with_later_keys_changed(const AttentionInputs& in, std::ptrdiff_
   return later;
 }
 
+// Output and q/k/v gradients of the selected kernel set against the CPU backend, causal and
+// not, without and with dropout, for every case.
+void check_against_cpu(const std::vector<AttentionCase>& cases, double tolerance) {
+  for (const AttentionCase& c : cases)
+    for (const bool causal : {true, false})
+      for (const double p : {0.0, 0.1}) {
+        CAPTURE(c.batch);
+        CAPTURE(c.seq);
+        CAPTURE(c.heads);
+        CAPTURE(c.qk_dim);
+        CAPTURE(c.v_dim);
+        CAPTURE(causal);
+        CAPTURE(p);
+        const ablate::AttentionShape a = shape_of(c, causal);
+        const AttentionInputs in(a, static_cast<std::uint64_t>(c.seq * 10 + c.qk_dim));
+        const std::uint64_t key = 1234;
+        const GpuGradients ref = run_cpu(in, a, p, key);
+        const GpuGradients g = run_gpu(in, a, p, key);
+        CHECK(relative_error(g.out, ref.out) < tolerance);
+        CHECK(relative_error(g.dq, ref.dq) < tolerance);
+        CHECK(relative_error(g.dk, ref.dk) < tolerance);
+        CHECK(relative_error(g.dv, ref.dv) < tolerance);
+      }
+}
+
 }  // namespace
 
 TEST_CASE("cuda: rope matches the CPU backend in both layouts, forward and inverse") {
@@ -180,26 +205,7 @@ TEST_CASE("cuda: fused attention forward and gradients match the CPU backend") {
       {1, 50, 2, 128, 128}, {1, 70, 2, 96, 64}, {1, 40, 2, 192, 128}, {1, 9, 1, 33, 65},
       {1, 20, 1, 256, 256}, {2, 130, 2, 32, 32},
   };
-  for (const AttentionCase& c : cases)
-    for (const bool causal : {true, false})
-      for (const double p : {0.0, 0.1}) {
-        CAPTURE(c.batch);
-        CAPTURE(c.seq);
-        CAPTURE(c.heads);
-        CAPTURE(c.qk_dim);
-        CAPTURE(c.v_dim);
-        CAPTURE(causal);
-        CAPTURE(p);
-        const ablate::AttentionShape a = shape_of(c, causal);
-        const AttentionInputs in(a, static_cast<std::uint64_t>(c.seq * 10 + c.qk_dim));
-        const std::uint64_t key = 1234;
-        const GpuGradients ref = run_cpu(in, a, p, key);
-        const GpuGradients g = run_gpu(in, a, p, key);
-        CHECK(relative_error(g.out, ref.out) < kFp32Tolerance);
-        CHECK(relative_error(g.dq, ref.dq) < kFp32Tolerance);
-        CHECK(relative_error(g.dk, ref.dk) < kFp32Tolerance);
-        CHECK(relative_error(g.dv, ref.dv) < kFp32Tolerance);
-      }
+  check_against_cpu(cases, kFp32Tolerance);
 }
 
 TEST_CASE("cuda: attention over a single token returns its value and no q/k gradient") {
@@ -276,26 +282,7 @@ TEST_CASE("cuda: tensor-core attention forward and gradients match the CPU backe
       {2, 17, 2, 16, 16},   {1, 100, 2, 64, 64}, {1, 256, 2, 64, 64}, {2, 100, 2, 128, 128},
       {1, 70, 2, 64, 32},   {1, 45, 2, 32, 64},  {1, 130, 3, 48, 80},
   };
-  for (const AttentionCase& c : cases)
-    for (const bool causal : {true, false})
-      for (const double p : {0.0, 0.1}) {
-        CAPTURE(c.batch);
-        CAPTURE(c.seq);
-        CAPTURE(c.heads);
-        CAPTURE(c.qk_dim);
-        CAPTURE(c.v_dim);
-        CAPTURE(causal);
-        CAPTURE(p);
-        const ablate::AttentionShape a = shape_of(c, causal);
-        const AttentionInputs in(a, static_cast<std::uint64_t>(c.seq * 10 + c.qk_dim));
-        const std::uint64_t key = 1234;
-        const GpuGradients ref = run_cpu(in, a, p, key);
-        const GpuGradients g = run_gpu(in, a, p, key);
-        CHECK(relative_error(g.out, ref.out) < kTensorCoreTolerance);
-        CHECK(relative_error(g.dq, ref.dq) < kTensorCoreTolerance);
-        CHECK(relative_error(g.dk, ref.dk) < kTensorCoreTolerance);
-        CHECK(relative_error(g.dv, ref.dv) < kTensorCoreTolerance);
-      }
+  check_against_cpu(cases, kTensorCoreTolerance);
 }
 
 TEST_CASE("cuda: tensor-core attention over a single token") {
