@@ -159,6 +159,34 @@ void check_against_cpu(const std::vector<AttentionCase>& cases, double tolerance
       }
 }
 
+// The causality probe on the selected kernel set: keys and values from position `cut` on are
+// changed.  Causal: every output and gradient row before the cut is bit-identical.
+// Non-causal: the probe sees the change.
+void check_causality(const AttentionCase& c, std::ptrdiff_t cut) {
+  for (const double p : {0.0, 0.1}) {
+    CAPTURE(p);
+    for (const bool causal : {true, false}) {
+      CAPTURE(causal);
+      const ablate::AttentionShape a = shape_of(c, causal);
+      const AttentionInputs in(a, 5);
+      const AttentionInputs later = with_later_keys_changed(in, c.batch, c.seq, cut);
+      const GpuGradients g = run_gpu(in, a, p, 9), h = run_gpu(later, a, p, 9);
+      CHECK(earlier_rows_same(g, h, c.batch, c.seq, cut) == causal);
+      CHECK(relative_error(h.out, g.out) > 1e-3);
+    }
+  }
+}
+
+// Two runs of the selected kernel set (dropout on) are bit-identical.
+void check_deterministic(const ablate::AttentionShape& a) {
+  const AttentionInputs in(a, 11);
+  const GpuGradients first = run_gpu(in, a, 0.1, 3), second = run_gpu(in, a, 0.1, 3);
+  CHECK(same_bits(first.out, second.out));
+  CHECK(same_bits(first.dq, second.dq));
+  CHECK(same_bits(first.dk, second.dk));
+  CHECK(same_bits(first.dv, second.dv));
+}
+
 }  // namespace
 
 TEST_CASE("cuda: rope matches the CPU backend in both layouts, forward and inverse") {
@@ -222,32 +250,12 @@ TEST_CASE("cuda: attention over a single token returns its value and no q/k grad
 
 TEST_CASE("cuda: causal attention kernels never read later keys or values") {
   const AttentionKernelScope fp32(AttentionKernel::fp32);
-  const AttentionCase c{2, 45, 3, 24, 16};
-  const std::ptrdiff_t cut = 20;  // inside a 32-key tile and an 8-row block
-  for (const double p : {0.0, 0.1}) {
-    CAPTURE(p);
-    for (const bool causal : {true, false}) {
-      CAPTURE(causal);
-      const ablate::AttentionShape a = shape_of(c, causal);
-      const AttentionInputs in(a, 5);
-      const AttentionInputs later = with_later_keys_changed(in, c.batch, c.seq, cut);
-      const GpuGradients g = run_gpu(in, a, p, 9), h = run_gpu(later, a, p, 9);
-      // Causal: rows before the cut are bit-identical.  Non-causal: the probe sees the change.
-      CHECK(earlier_rows_same(g, h, c.batch, c.seq, cut) == causal);
-      CHECK(relative_error(h.out, g.out) > 1e-3);
-    }
-  }
+  check_causality({2, 45, 3, 24, 16}, 20);  // the cut inside a 32-key tile and an 8-row block
 }
 
 TEST_CASE("cuda: attention gradients are deterministic (no atomics)") {
   const AttentionKernelScope fp32(AttentionKernel::fp32);
-  const ablate::AttentionShape a = shape_of({2, 77, 2, 32, 48}, true);
-  const AttentionInputs in(a, 11);
-  const GpuGradients first = run_gpu(in, a, 0.1, 3), second = run_gpu(in, a, 0.1, 3);
-  CHECK(same_bits(first.out, second.out));
-  CHECK(same_bits(first.dq, second.dq));
-  CHECK(same_bits(first.dk, second.dk));
-  CHECK(same_bits(first.dv, second.dv));
+  check_deterministic(shape_of({2, 77, 2, 32, 48}, true));
 }
 
 TEST_CASE("cuda: attention rejects shapes its kernels cannot handle") {
@@ -304,33 +312,15 @@ TEST_CASE("cuda: tensor-core attention over a single token") {
 
 TEST_CASE("cuda: causal tensor-core attention never reads later keys or values") {
   const AttentionKernelScope tensor_core(AttentionKernel::tensor_core);
-  const AttentionCase c{2, 100, 3, 32, 16};
-  const std::ptrdiff_t cut = 40;  // inside the first 64-row block and 64-key tile, mid-warp
-  for (const double p : {0.0, 0.1}) {
-    CAPTURE(p);
-    for (const bool causal : {true, false}) {
-      CAPTURE(causal);
-      const ablate::AttentionShape a = shape_of(c, causal);
-      const AttentionInputs in(a, 5);
-      const AttentionInputs later = with_later_keys_changed(in, c.batch, c.seq, cut);
-      const GpuGradients g = run_gpu(in, a, p, 9), h = run_gpu(later, a, p, 9);
-      CHECK(earlier_rows_same(g, h, c.batch, c.seq, cut) == causal);
-      CHECK(relative_error(h.out, g.out) > 1e-3);
-    }
-  }
+  // The cut inside the first 64-row block and 64-key tile, mid-warp.
+  check_causality({2, 100, 3, 32, 16}, 40);
 }
 
 TEST_CASE("cuda: tensor-core attention is deterministic (no atomics)") {
   const AttentionKernelScope tensor_core(AttentionKernel::tensor_core);
   for (const bool causal : {true, false}) {
     CAPTURE(causal);
-    const ablate::AttentionShape a = shape_of({2, 150, 2, 64, 32}, causal);
-    const AttentionInputs in(a, 11);
-    const GpuGradients first = run_gpu(in, a, 0.1, 3), second = run_gpu(in, a, 0.1, 3);
-    CHECK(same_bits(first.out, second.out));
-    CHECK(same_bits(first.dq, second.dq));
-    CHECK(same_bits(first.dk, second.dk));
-    CHECK(same_bits(first.dv, second.dv));
+    check_deterministic(shape_of({2, 150, 2, 64, 32}, causal));
   }
 }
 
