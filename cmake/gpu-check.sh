@@ -108,7 +108,7 @@ mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 python="${PYTHON:-python3}"
 # cuBLASLt from the toolkit, else from the CUDA wheels PyTorch brings (nvidia/*/lib).
-wheel_libs="$("$python" -c 'import glob, os, nvidia; print(":".join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib")))))' 2>/dev/null)"
+wheel_libs="$("$python" -c 'import glob, os, nvidia; print(":".join(sorted(l for d in nvidia.__path__ for l in glob.glob(os.path.join(d, "*", "lib")))))' 2>/dev/null)"
 export LD_LIBRARY_PATH="$build_dir/lib:/usr/local/cuda/lib64${wheel_libs:+:$wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=passive
 tests_bin="$build_dir/tests/cuda/ablate_cuda_tests"
