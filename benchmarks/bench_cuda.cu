@@ -198,6 +198,18 @@ void train_step(benchmark::State& state, const ModelConfig& cfg, double routed_f
   set_cuda_rates(state, b.flops(routed_fraction, attention_flops));
 }
 
+// The step's two phases apart (BM_TrainPhase/<model>/forward_backward, .../update), to show
+// where a step's time goes: the model's passes, or clipping and the optimizers.
+template <class Arch>
+void train_phase(benchmark::State& state, const ModelConfig& cfg, bool update) {
+  TrainStepBench<Arch, CUDA> b(cfg);
+  b.step();  // warm-up, as train_step
+  b.step();
+  for (auto _ : state)
+    state.SetIterationTime(update ? timed([&] { b.update(); })
+                                  : timed([&] { benchmark::DoNotOptimize(b.forward_backward()); }));
+}
+
 template <class Arch>
 void register_train_step(const char* model, const ModelConfig& cfg, double routed_fraction,
                          double attention_flops) {
@@ -205,6 +217,12 @@ void register_train_step(const char* model, const ModelConfig& cfg, double route
                                [=](benchmark::State& s) { train_step<Arch>(s, cfg, routed_fraction, attention_flops); })
       ->UseManualTime()
       ->Unit(benchmark::kMillisecond);
+  for (const bool update : {false, true})
+    benchmark::RegisterBenchmark(
+        (std::string("BM_TrainPhase/") + model + (update ? "/update" : "/forward_backward")).c_str(),
+        [=](benchmark::State& s) { train_phase<Arch>(s, cfg, update); })
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
 }
 
 void register_train_steps() {

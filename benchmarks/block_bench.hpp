@@ -105,12 +105,20 @@ struct TrainStepBench {
     }
   }
   double step() {
+    const double loss = forward_backward();
+    update();
+    return loss;
+  }
+  // The two phases of a step, to time apart: with gradient accumulation a batch costs one
+  // forward_backward and 1/accumulation of an update.
+  double forward_backward() {
     model.zero_grad();
-    const double loss = model.forward_backward(inputs, targets).loss;
+    return model.forward_backward(inputs, targets).loss;
+  }
+  void update() {
     clip_grad_norm(model.parameters(), 1.0);
     optimizer.step(1.0);
     model.after_optimizer_step();
-    return loss;
   }
   // Training FLOPs per iteration: 3x the forward (forward, input and weight gradients).
   double flops(double routed_fraction, double attention_flops_per_token) const {
