@@ -71,8 +71,12 @@ class Gemm {
     if (m == 0 || n == 0) return;
     const std::size_t a_n = static_cast<std::size_t>(m * k), b_n = static_cast<std::size_t>(k * n);
     __nv_bfloat16* a16 = scratch<__nv_bfloat16, 0>(a_n > 0 ? a_n : 1);
-    __nv_bfloat16* b16 = scratch<__nv_bfloat16, 1>(b_n > 0 ? b_n : 1);
     convert(a16, a, a_n);
+    if (b == a && b_n == a_n) {  // X X^T, A A (Newton-Schulz): one rounding serves both
+      run_bf16(c, a16, ta, a16, tb, m, n, k, alpha, beta, bias);
+      return;
+    }
+    __nv_bfloat16* b16 = scratch<__nv_bfloat16, 1>(b_n > 0 ? b_n : 1);
     convert(b16, b, b_n);
     run_bf16(c, a16, ta, b16, tb, m, n, k, alpha, beta, bias);
   }
