@@ -90,7 +90,7 @@ TEST_CASE("cuda: linear forward/backward and GEMMs match the CPU backend within 
   }
 }
 
-TEST_CASE("cuda: errors name the failing call; out of memory says how much was asked") {
+TEST_CASE("cuda: errors name the failing call, and out of memory says how much was asked") {
   try {
     ablate::cuda::allocate(std::size_t{1} << 52);  // 4 PiB
     FAIL("allocation of 4 PiB succeeded");

@@ -320,7 +320,7 @@ TEST_CASE("cuda moe: balance-bias update matches the CPU exactly") {
   CHECK(same(gbias, bias));
 }
 
-TEST_CASE("cuda moe: Indices copy, move and host round trip; bad routing throws") {
+TEST_CASE("cuda moe: Indices copy, move and host round trip, and bad routing throws") {
   const std::vector<std::int32_t> v{0, 3, 1, 3, 2, 2, 0};
   GpuIndices a = indices_to_gpu(v);
   CHECK(a.size() == v.size());

@@ -98,7 +98,7 @@ TEST_CASE("HF-style parameter names") {
   CHECK(model.parameters().find("lm_head.weight") == nullptr);  // tied to the embedding
 }
 
-TEST_CASE("seeded runs are bit-for-bit deterministic; different seeds differ") {
+TEST_CASE("seeded runs are bit-for-bit deterministic, and different seeds differ") {
   const auto cfg = small_config();
   using Arch = Architecture<Attention<MHA>, FFN<MLP>, Norm<RMS>>;
   auto run = [&](std::uint64_t seed) {
