@@ -286,6 +286,39 @@ __device__ inline void write_rows(float* dst, std::ptrdiff_t dst_ld, const float
   }
 }
 
+// Where a thread stands in its block: the block's (batch, head) pair and first row (queries in
+// the forward and dQ kernels, keys in the dK/dV kernel), its warp's 16 rows, and the lane pair
+// (2r, 2r+1) that owns row r of the warp in the element-wise steps, lane 2r + half taking
+// columns 2c + half.
+struct WarpRows {
+  AttentionBlock blk;
+  std::ptrdiff_t T, base;  // sequence length; first token row of the batch element
+  std::ptrdiff_t row0;     // the warp's first row
+  std::ptrdiff_t row;      // the lane pair's row
+  int lane, warp, r, half;
+  bool active;             // the warp has a row inside the sequence (warp-uniform)
+  __device__ WarpRows(const AttentionParams& p, bool late_rows_first)
+      : blk(attention_block(p, kRows, late_rows_first)),
+        T(p.seq),
+        base(blk.b * p.seq),
+        lane(static_cast<int>(threadIdx.x) % kWarp),
+        warp(static_cast<int>(threadIdx.x) / kWarp) {
+    row0 = blk.row0 + warp * kFrag;
+    r = lane / 2;
+    half = lane % 2;
+    row = row0 + r;
+    active = row0 < T;
+  }
+  // Keys the forward and dQ kernels visit: to the block's last row under the causal mask; and
+  // the keys any row of this warp sees.
+  __device__ std::ptrdiff_t key_end(bool causal) const {
+    return causal ? (blk.row0 + kRows < T ? blk.row0 + kRows : T) : T;
+  }
+  __device__ std::ptrdiff_t warp_key_end(bool causal) const {
+    return causal ? (row0 + kFrag < T ? row0 + kFrag : T) : T;
+  }
+};
+
 // Output and saved state.  Grid: one block per 64 query rows of a (batch, head) pair.
 ABLATE_KERNEL void __launch_bounds__(kThreads)
     forward(float* __restrict__ out, float* __restrict__ state, const float* __restrict__ q,
@@ -295,8 +328,10 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
   const int qk = static_cast<int>(p.qk_dim), vd = static_cast<int>(p.v_dim);
   const ForwardSmem plan(qk, vd);
   const int q_ld = bf16_ld(qk), v_ld = bf16_ld(vd), o_ld = f32_ld(vd);
-  const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  const int warp = static_cast<int>(threadIdx.x) / kWarp;
+  const WarpRows w(p, true);
+  const AttentionBlock& blk = w.blk;
+  const std::ptrdiff_t T = w.T, base = w.base, warp_row0 = w.row0, i = w.row;
+  const int warp = w.warp, r = w.r, half = w.half;
   bf16* qs = smem_at<bf16>(attn_tc_smem, plan.q);
   bf16* ks = smem_at<bf16>(attn_tc_smem, plan.k);
   bf16* vs = smem_at<bf16>(attn_tc_smem, plan.v);
@@ -304,30 +339,19 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
   bf16* probs = smem_at<bf16>(attn_tc_smem, plan.probs) + warp * kFrag * kProbLd;
   float* acc = smem_at<float>(attn_tc_smem, plan.out) + warp * kFrag * o_ld;
 
-  const AttentionBlock blk = attention_block(p, kRows, true);
-  const std::ptrdiff_t T = p.seq, base = blk.b * T;
-  const std::ptrdiff_t warp_row0 = blk.row0 + warp * kFrag;
-  const bool warp_active = warp_row0 < T;  // warp-uniform
-  // The element-wise steps: lane pair (2r, 2r+1) owns row r, lane 2r + half columns 2c + half.
-  const int r = lane / 2, half = lane % 2;
-  const std::ptrdiff_t i = warp_row0 + r;
-
   stage_bf16(qs, q_ld, q, p.ldq, base + blk.row0, blk.h * qk, kRows, T - blk.row0, qk, vec4);
   warp_zero(acc, kFrag * o_ld);
   warp_zero(scores, kFrag * kScoreLd);  // fragments never stored still read as numbers
 
   float m = -INFINITY, l = 0.f;  // running max and sum of the row's scaled scores
-  const std::ptrdiff_t block_end = (blk.row0 + kRows < T ? blk.row0 + kRows : T);
-  const std::ptrdiff_t key_end = p.causal ? block_end : T;
-  const std::ptrdiff_t warp_end = warp_row0 + kFrag < T ? warp_row0 + kFrag : T;
-  const std::ptrdiff_t warp_key_end = p.causal ? warp_end : T;  // keys any row of the warp sees
+  const std::ptrdiff_t key_end = w.key_end(p.causal), warp_key_end = w.warp_key_end(p.causal);
   // Block-uniform loop: every thread reaches both barriers of every iteration.
   for (std::ptrdiff_t k0 = 0; k0 < key_end; k0 += kCols) {
     __syncthreads();  // the previous tiles are consumed (and Q staged)
     stage_bf16(ks, q_ld, k, p.ldk, base + k0, blk.h * qk, kCols, T - k0, qk, vec4);
     stage_bf16(vs, v_ld, v, p.ldv, base + k0, blk.h * vd, kCols, T - k0, vd, vec4);
     __syncthreads();
-    if (!warp_active) continue;
+    if (!w.active) continue;
     const int frags = fragments_before(warp_key_end, k0);
     const unsigned visible = visible_columns(i, k0 + half, T, p.causal, true);
     const unsigned kept = dropout_kept(p, blk.bh, visible, i, k0 + half, true);
@@ -365,7 +389,7 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
     __syncwarp();
     mma_acc_ab(acc, o_ld, probs, kProbLd, vs, v_ld, vd, 0, frags);  // O += P V
   }
-  if (!warp_active) return;
+  if (!w.active) return;
   __syncwarp();  // the last O update is visible to every lane
   // l >= 1 for a real row (its max contributes exp(0)); padded rows are not written.
   const float inv = p.dropout_scale / l;
@@ -386,8 +410,10 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
   const int qk = static_cast<int>(p.qk_dim), vd = static_cast<int>(p.v_dim);
   const DqSmem plan(qk, vd);
   const int q_ld = bf16_ld(qk), v_ld = bf16_ld(vd), dq_ld = f32_ld(qk);
-  const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  const int warp = static_cast<int>(threadIdx.x) / kWarp;
+  const WarpRows w(p, true);
+  const AttentionBlock& blk = w.blk;
+  const std::ptrdiff_t T = w.T, base = w.base, warp_row0 = w.row0, i = w.row;
+  const int lane = w.lane, warp = w.warp, r = w.r, half = w.half;
   bf16* qs = smem_at<bf16>(attn_tc_smem, plan.q);
   bf16* dos = smem_at<bf16>(attn_tc_smem, plan.dout);
   bf16* ks = smem_at<bf16>(attn_tc_smem, plan.k);
@@ -395,13 +421,6 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
   float* scores = smem_at<float>(attn_tc_smem, plan.scores) + warp * kFrag * kScoreLd;
   bf16* ds = smem_at<bf16>(attn_tc_smem, plan.ds) + warp * kFrag * kProbLd;
   float* acc = smem_at<float>(attn_tc_smem, plan.dq) + warp * kFrag * dq_ld;
-
-  const AttentionBlock blk = attention_block(p, kRows, true);
-  const std::ptrdiff_t T = p.seq, base = blk.b * T;
-  const std::ptrdiff_t warp_row0 = blk.row0 + warp * kFrag;
-  const bool warp_active = warp_row0 < T;
-  const int r = lane / 2, half = lane % 2;
-  const std::ptrdiff_t i = warp_row0 + r;
 
   stage_bf16(qs, q_ld, q, p.ldq, base + blk.row0, blk.h * qk, kRows, T - blk.row0, qk, vec4);
   stage_bf16(dos, v_ld, dout, p.ldo, base + blk.row0, blk.h * vd, kRows, T - blk.row0, vd, vec4);
@@ -426,16 +445,13 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
     }
   }
 
-  const std::ptrdiff_t block_end = (blk.row0 + kRows < T ? blk.row0 + kRows : T);
-  const std::ptrdiff_t key_end = p.causal ? block_end : T;
-  const std::ptrdiff_t warp_end = warp_row0 + kFrag < T ? warp_row0 + kFrag : T;
-  const std::ptrdiff_t warp_key_end = p.causal ? warp_end : T;  // keys any row of the warp sees
+  const std::ptrdiff_t key_end = w.key_end(p.causal), warp_key_end = w.warp_key_end(p.causal);
   for (std::ptrdiff_t k0 = 0; k0 < key_end; k0 += kCols) {
     __syncthreads();
     stage_bf16(ks, q_ld, k, p.ldk, base + k0, blk.h * qk, kCols, T - k0, qk, vec4);
     stage_bf16(vs, v_ld, v, p.ldv, base + k0, blk.h * vd, kCols, T - k0, vd, vec4);
     __syncthreads();
-    if (!warp_active) continue;
+    if (!w.active) continue;
     const int frags = fragments_before(warp_key_end, k0);
     const unsigned visible = visible_columns(i, k0 + half, T, p.causal, true);
     const unsigned kept = dropout_kept(p, blk.bh, visible, i, k0 + half, true);
@@ -464,7 +480,7 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
     __syncwarp();
     mma_acc_ab(acc, dq_ld, ds, kProbLd, ks, q_ld, qk, 0, frags);  // dQ += dS K
   }
-  if (!warp_active) return;
+  if (!w.active) return;
   __syncwarp();
   write_rows(dq + blk.h * qk, p.ldq, acc, dq_ld, base + warp_row0, base + T, qk, 1.f);
 }
@@ -480,8 +496,11 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
   const int qk = static_cast<int>(p.qk_dim), vd = static_cast<int>(p.v_dim);
   const DkvSmem plan(qk, vd);
   const int k_ld = bf16_ld(qk), v_ld = bf16_ld(vd), dk_ld = f32_ld(qk), dv_ld = f32_ld(vd);
-  const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  const int warp = static_cast<int>(threadIdx.x) / kWarp;
+  // Rows are keys here: lane pair (2r, 2r+1) owns key row j, lane 2r + half query columns.
+  const WarpRows w(p, false);
+  const AttentionBlock& blk = w.blk;
+  const std::ptrdiff_t T = w.T, base = w.base, warp_key0 = w.row0, j = w.row;
+  const int warp = w.warp, r = w.r, half = w.half;
   bf16* ks = smem_at<bf16>(attn_tc_smem, plan.k);
   bf16* vs = smem_at<bf16>(attn_tc_smem, plan.v);
   bf16* qt = smem_at<bf16>(attn_tc_smem, plan.q);
@@ -492,14 +511,6 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
   float* acc_v = smem_at<float>(attn_tc_smem, plan.dv) + warp * kFrag * dv_ld;
   float* lse_t = smem_at<float>(attn_tc_smem, plan.lse);
   float* d_t = smem_at<float>(attn_tc_smem, plan.d);
-
-  const AttentionBlock blk = attention_block(p, kRows, false);
-  const std::ptrdiff_t T = p.seq, base = blk.b * T;
-  const std::ptrdiff_t warp_key0 = blk.row0 + warp * kFrag;
-  const bool warp_active = warp_key0 < T;
-  // Element-wise steps: lane pair (2r, 2r+1) owns key row j, lane 2r + half query columns.
-  const int r = lane / 2, half = lane % 2;
-  const std::ptrdiff_t j = warp_key0 + r;
 
   stage_bf16(ks, k_ld, k, p.ldk, base + blk.row0, blk.h * qk, kRows, T - blk.row0, qk, vec4);
   stage_bf16(vs, v_ld, v, p.ldv, base + blk.row0, blk.h * vd, kRows, T - blk.row0, vd, vec4);
@@ -522,7 +533,7 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
       d_t[threadIdx.x] = valid ? d_in[blk.bh * T + row] : 0.f;
     }
     __syncthreads();
-    if (!warp_active) continue;
+    if (!w.active) continue;
     // Query fragments holding a pair this warp's keys take part in: below T, and under the
     // causal mask from the fragment of the warp's first key on (query i sees key j for i >= j).
     const std::ptrdiff_t ahead = warp_key0 - q0;
@@ -559,7 +570,7 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
     __syncwarp();
     mma_acc_ab(acc_k, dk_ld, pds, kProbLd, qt, k_ld, qk, first, last);  // dK += dS^T Q
   }
-  if (!warp_active) return;
+  if (!w.active) return;
   __syncwarp();
   write_rows(dk + blk.h * qk, p.ldk, acc_k, dk_ld, base + warp_key0, base + T, qk, 1.f);
   write_rows(dv + blk.h * vd, p.ldv, acc_v, dv_ld, base + warp_key0, base + T, vd, 1.f);
