@@ -2,7 +2,6 @@
 // every singular value of G towards 1, approximating U V^T from G's SVD with matmuls only.
 #pragma once
 
-#include <cmath>
 #include <cstddef>
 
 #include "ablate/core/error.hpp"
