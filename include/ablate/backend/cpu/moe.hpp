@@ -11,10 +11,10 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include "ablate/backend/cpu/tensor.hpp"
+#include "ablate/core/expert_selection.hpp"
 
 namespace ablate::cpu {
 
@@ -82,51 +82,19 @@ struct MoEKernels {
   }
 
   // DeepSeek-V3 / GLM4 group-limited selection on `choice` [N, E] split into n_group groups of
-  // consecutive experts: a group's score is the sum of its two largest entries (its only entry
-  // for groups of one); the topk_group best groups are kept, every other entry is set to -inf
-  // (as DeepSeek-V3 and transformers 5.x do: with 0, a dropped group's expert would beat a kept
-  // one whose choice score a negative correction bias has pushed below 0), and the top-k of that
-  // masked row is chosen.
-  // `masked` receives the masked scores, `group_scores` [N, n_group] the group scores.
+  // consecutive experts, row by row (ablate::group_limited_select).  `masked` receives the
+  // masked scores, `group_scores` [N, n_group] the group scores.
   static void group_limited_topk(Indices& idx, Tensor& masked, Tensor& group_scores,
                                  const Tensor& choice, Eigen::Index n_group,
                                  Eigen::Index topk_group, Eigen::Index k) {
     const Eigen::Index n = choice.rows(), cols = choice.cols();
-    const Eigen::Index size = cols / n_group;
     idx.resize(static_cast<std::size_t>(n * k));
     masked.resize(n, cols);
     group_scores.resize(n, n_group);
     ABLATE_PARALLEL_FOR
-    for (Eigen::Index r = 0; r < n; ++r) {
-      const S* c = choice.row(r).data();
-      S* gs = group_scores.row(r).data();
-      for (Eigen::Index g = 0; g < n_group; ++g) {
-        const S* v = c + g * size;
-        S best = v[0], second = S(0);
-        bool has_second = false;
-        for (Eigen::Index j = 1; j < size; ++j) {
-          if (v[j] > best) {
-            second = best;
-            best = v[j];
-            has_second = true;
-          } else if (!has_second || v[j] > second) {
-            second = v[j];
-            has_second = true;
-          }
-        }
-        gs[g] = has_second ? best + second : best;
-      }
-      S* m = masked.row(r).data();
-      for (Eigen::Index g = 0; g < n_group; ++g) {
-        // Group g is kept when fewer than topk_group groups rank above it.
-        Eigen::Index above = 0;
-        for (Eigen::Index h = 0; h < n_group; ++h)
-          above += gs[h] > gs[g] || (gs[h] == gs[g] && h < g);
-        const bool keep = above < topk_group;
-        for (Eigen::Index j = g * size; j < (g + 1) * size; ++j) m[j] = keep ? c[j] : -std::numeric_limits<S>::infinity();
-      }
-      select_top(m, cols, k, idx.data() + r * k);
-    }
+    for (Eigen::Index r = 0; r < n; ++r)
+      group_limited_select(idx.data() + r * k, masked.row(r).data(), group_scores.row(r).data(),
+                           choice.row(r).data(), cols, n_group, topk_group, k);
   }
 
   // out[r, j] = src[r, idx[r*k + j]]: out is [N, k].
@@ -253,22 +221,6 @@ struct MoEKernels {
       const double gap = mean - static_cast<double>(loads[e]);
       const double sign = gap > 0 ? 1.0 : (gap < 0 ? -1.0 : 0.0);
       bias(0, static_cast<Eigen::Index>(e)) += static_cast<S>(rate * sign);
-    }
-  }
-
- private:
-  // out[0..k) = positions of the k largest of v[0..n), largest first, ties by lower position.
-  static void select_top(const S* v, Eigen::Index n, Eigen::Index k, std::int32_t* out) {
-    if (k <= 0) return;
-    Eigen::Index filled = 0;
-    for (Eigen::Index j = 0; j < n; ++j) {
-      if (filled == k && !(v[j] > v[out[k - 1]])) continue;
-      Eigen::Index p = filled < k ? filled++ : k - 1;
-      while (p > 0 && v[j] > v[out[p - 1]]) {
-        out[p] = out[p - 1];
-        --p;
-      }
-      out[p] = static_cast<std::int32_t>(j);
     }
   }
 };

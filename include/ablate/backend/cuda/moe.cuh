@@ -31,6 +31,7 @@
 #include "ablate/backend/cuda/launch.cuh"
 #include "ablate/backend/cuda/tensor.cuh"
 #include "ablate/core/error.hpp"
+#include "ablate/core/expert_selection.hpp"
 #include "ablate/core/random.hpp"
 
 namespace ablate::cuda {
@@ -286,22 +287,6 @@ ABLATE_KERNEL void column_means(float* out, const float* x, std::size_t rows, st
 
 // ---- expert selection (one thread per row) ----------------------------------------------------
 
-// out[0..k) = positions of the k largest of v[0..n), largest first, ties by lower position: the
-// CPU's select_top, step for step (out is the working array).
-__device__ inline void select_top(const float* v, int n, int k, std::int32_t* out) {
-  if (k <= 0) return;
-  int filled = 0;
-  for (int j = 0; j < n; ++j) {
-    if (filled == k && !(v[j] > v[out[k - 1]])) continue;
-    int p = filled < k ? filled++ : k - 1;
-    while (p > 0 && v[j] > v[out[p - 1]]) {
-      out[p] = out[p - 1];
-      --p;
-    }
-    out[p] = j;
-  }
-}
-
 ABLATE_KERNEL void topk_rows(std::int32_t* idx, const float* scores, std::size_t rows, int cols,
                              int k) {
   ABLATE_GRID_STRIDE(r, rows)
@@ -309,42 +294,15 @@ ABLATE_KERNEL void topk_rows(std::int32_t* idx, const float* scores, std::size_t
              idx + r * static_cast<std::size_t>(k));
 }
 
-// The CPU's group_limited_topk for one row per thread: group score = sum of the group's two
-// largest entries (its only entry for groups of one), the topk_group best groups kept (ties to
-// the lower group), the other entries set to -inf, then top-k of the masked row.
+// The CPU's group_limited_topk, one row per thread (ablate::group_limited_select).
 ABLATE_KERNEL void group_limited_topk(std::int32_t* idx, float* masked, float* group_scores,
                                       const float* choice, std::size_t rows, int cols,
                                       int n_group, int topk_group, int k) {
-  const int size = cols / n_group;
-  ABLATE_GRID_STRIDE(r, rows) {
-    const float* c = choice + r * static_cast<std::size_t>(cols);
-    float* gs = group_scores + r * static_cast<std::size_t>(n_group);
-    for (int g = 0; g < n_group; ++g) {
-      const float* v = c + g * size;
-      float best = v[0], second = 0.f;
-      bool has_second = false;
-      for (int j = 1; j < size; ++j) {
-        if (v[j] > best) {
-          second = best;
-          best = v[j];
-          has_second = true;
-        } else if (!has_second || v[j] > second) {
-          second = v[j];
-          has_second = true;
-        }
-      }
-      gs[g] = has_second ? best + second : best;
-    }
-    float* m = masked + r * static_cast<std::size_t>(cols);
-    for (int g = 0; g < n_group; ++g) {
-      // Group g is kept when fewer than topk_group groups rank above it.
-      int above = 0;
-      for (int h = 0; h < n_group; ++h) above += (gs[h] > gs[g] || (gs[h] == gs[g] && h < g)) ? 1 : 0;
-      const bool keep = above < topk_group;
-      for (int j = g * size; j < (g + 1) * size; ++j) m[j] = keep ? c[j] : -INFINITY;
-    }
-    select_top(m, cols, k, idx + r * static_cast<std::size_t>(k));
-  }
+  ABLATE_GRID_STRIDE(r, rows)
+  group_limited_select(idx + r * static_cast<std::size_t>(k),
+                       masked + r * static_cast<std::size_t>(cols),
+                       group_scores + r * static_cast<std::size_t>(n_group),
+                       choice + r * static_cast<std::size_t>(cols), cols, n_group, topk_group, k);
 }
 
 // ---- dispatch plan: a chunked counting sort, stable in slot order -----------------------------
