@@ -2,7 +2,8 @@
 // backend on the same random inputs: both RoPE layouts forward and inverse; attention output
 // and all three gradients, causal and not, qk_dim == v_dim (MHA) and qk_dim != v_dim (MLA),
 // sequence lengths that are not multiples of the kernels' tiles and blocks, dropout off and on
-// (the GPU draws exactly the CPU's mask); plus causality, determinism and bad input.  Both
+// (the GPU draws exactly the CPU's mask), tensors wider than their heads and peaked softmax
+// rows; plus causality, determinism and bad input.  Both
 // kernel sets: the fp32 ones (selected explicitly, AttentionKernelScope) and the tensor-core
 // ones, also each one's saved state feeding the other's backward, and the kernel selection.
 //
@@ -70,14 +71,26 @@ bool same_bits(const CpuTensor& a, const CpuTensor& b) {
 }
 
 // Random q, k, v and an upstream gradient for one attention call.
+// qk_stddev scales q and k: at 2 the logits have a standard deviation of 4 (peaked rows whose
+// running maximum jumps between key tiles).
 struct AttentionInputs {
   CpuTensor q, k, v, dout;
-  explicit AttentionInputs(const ablate::AttentionShape& a, std::uint64_t seed = 0)
-      : q(random_tensor(a.batch * a.seq, a.heads * a.qk_dim, seed + 1)),
-        k(random_tensor(a.batch * a.seq, a.heads * a.qk_dim, seed + 2)),
+  explicit AttentionInputs(const ablate::AttentionShape& a, std::uint64_t seed = 0,
+                           double qk_stddev = 1.0)
+      : q(random_tensor(a.batch * a.seq, a.heads * a.qk_dim, seed + 1, qk_stddev)),
+        k(random_tensor(a.batch * a.seq, a.heads * a.qk_dim, seed + 2, qk_stddev)),
         v(random_tensor(a.batch * a.seq, a.heads * a.v_dim, seed + 3)),
         dout(random_tensor(a.batch * a.seq, a.heads * a.v_dim, seed + 4)) {}
 };
+
+// t with `extra` random columns appended (a tensor wider than its heads, as a fused projection
+// output is).
+CpuTensor widened(const CpuTensor& t, std::ptrdiff_t extra, std::uint64_t seed) {
+  CpuTensor w(t.rows(), t.cols() + extra);
+  w.leftCols(t.cols()) = t;
+  w.rightCols(extra) = random_tensor(t.rows(), extra, seed);
+  return w;
+}
 
 struct GpuGradients {
   CpuTensor out, dq, dk, dv;
@@ -291,6 +304,40 @@ TEST_CASE("cuda: tensor-core attention forward and gradients match the CPU backe
       {1, 70, 2, 64, 32},   {1, 45, 2, 32, 64},  {1, 130, 3, 48, 80},
   };
   check_against_cpu(cases, kTensorCoreTolerance);
+}
+
+TEST_CASE("cuda: attention on tensors wider than their heads, with peaked softmax rows") {
+  // Row strides that are not multiples of 4 floats (the tensor-core kernels' scalar staging
+  // path instead of float4) and that differ per tensor; q and k at stddev 2.  The head columns
+  // match the CPU on the exact-width tensors; the gradients' extra columns are zero.  A host
+  // emulation of the tensor-core rounding measured <= 8e-3 at this logit scale.
+  const AttentionCase c{2, 150, 2, 64, 32};
+  const std::ptrdiff_t qk_cols = c.heads * c.qk_dim, v_cols = c.heads * c.v_dim;
+  for (const auto& [kernel, tolerance] : {std::pair{AttentionKernel::fp32, kFp32Tolerance},
+                                          std::pair{AttentionKernel::tensor_core,
+                                                    kTensorCoreTolerance}})
+    for (const bool causal : {true, false})
+      for (const double p : {0.0, 0.1}) {
+        CAPTURE(static_cast<int>(kernel));
+        CAPTURE(causal);
+        CAPTURE(p);
+        const ablate::AttentionShape a = shape_of(c, causal);
+        const AttentionInputs in(a, 31, /*qk_stddev=*/2.0);
+        AttentionInputs wide = in;
+        wide.q = widened(in.q, 3, 41);
+        wide.k = widened(in.k, 5, 42);
+        wide.v = widened(in.v, 1, 43);
+        wide.dout = widened(in.dout, 2, 44);
+        const GpuGradients ref = run_cpu(in, a, p, 7);
+        const GpuGradients g = run_gpu(wide, a, p, 7, kernel, kernel);
+        CHECK(relative_error(g.out, ref.out) < tolerance);
+        CHECK(relative_error(CpuTensor(g.dq.leftCols(qk_cols)), ref.dq) < tolerance);
+        CHECK(relative_error(CpuTensor(g.dk.leftCols(qk_cols)), ref.dk) < tolerance);
+        CHECK(relative_error(CpuTensor(g.dv.leftCols(v_cols)), ref.dv) < tolerance);
+        CHECK(g.dq.rightCols(3).isZero(0));
+        CHECK(g.dk.rightCols(5).isZero(0));
+        CHECK(g.dv.rightCols(1).isZero(0));
+      }
 }
 
 TEST_CASE("cuda: tensor-core attention over a single token") {

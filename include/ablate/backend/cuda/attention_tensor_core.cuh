@@ -61,7 +61,7 @@ using bf16 = __nv_bfloat16;
 
 constexpr int kFrag = 16;                     // WMMA m = n = k
 constexpr int kWarps = 4;                     // warps per block
-constexpr int kThreads = kWarps * kWarp;      // 128
+constexpr int kTcThreads = kWarps * kWarp;    // 128
 constexpr int kRows = kWarps * kFrag;         // rows per block: 16 per warp
 constexpr int kCols = 64;                     // rows of the other side per shared tile
 constexpr int kColFrags = kCols / kFrag;      // 16-column fragments of a score tile
@@ -158,7 +158,7 @@ __device__ inline void stage_bf16(bf16* dst, int dst_ld, const float* __restrict
                                   std::ptrdiff_t src_ld, std::ptrdiff_t row0, std::ptrdiff_t col,
                                   int rows, std::ptrdiff_t valid, int width, bool vec4) {
   const int quads = width / 4;
-  for (int idx = static_cast<int>(threadIdx.x); idx < rows * quads; idx += kThreads) {
+  for (int idx = static_cast<int>(threadIdx.x); idx < rows * quads; idx += kTcThreads) {
     const int r = idx / quads, c = idx % quads * 4;
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
     if (r < valid) {
@@ -320,7 +320,7 @@ struct WarpRows {
 };
 
 // Output and saved state.  Grid: one block per 64 query rows of a (batch, head) pair.
-ABLATE_KERNEL void __launch_bounds__(kThreads)
+ABLATE_KERNEL void __launch_bounds__(kTcThreads)
     forward(float* __restrict__ out, float* __restrict__ state, const float* __restrict__ q,
             const float* __restrict__ k, const float* __restrict__ v, AttentionParams p,
             bool vec4) {
@@ -401,7 +401,7 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
 
 // dQ, and D_i = rowsum(dO_i * O_i) into d_out[bh*T + i] for the dK/dV kernel.  Grid: one block
 // per 64 query rows of a (batch, head) pair.
-ABLATE_KERNEL void __launch_bounds__(kThreads)
+ABLATE_KERNEL void __launch_bounds__(kTcThreads)
     backward_dq(float* __restrict__ dq, float* __restrict__ d_out, const float* __restrict__ dout,
                 const float* __restrict__ state, const float* __restrict__ q,
                 const float* __restrict__ k, const float* __restrict__ v, AttentionParams p,
@@ -487,7 +487,7 @@ ABLATE_KERNEL void __launch_bounds__(kThreads)
 
 // dK and dV.  d_in: D from backward_dq.  Grid: one block per 64 key rows of a (batch, head)
 // pair, early keys first (under the causal mask they see the most queries).
-ABLATE_KERNEL void __launch_bounds__(kThreads)
+ABLATE_KERNEL void __launch_bounds__(kTcThreads)
     backward_dkv(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
                  const float* __restrict__ state, const float* __restrict__ d_in,
                  const float* __restrict__ q, const float* __restrict__ k,
@@ -599,6 +599,8 @@ inline bool attention_tc_supported(const AttentionShape& a) {
              Runtime::get().properties().sharedMemPerBlockOptin;
 }
 
+// Checked before the first launch, so a forced selection that cannot run fails before any
+// output (dQ of a backward, say) is overwritten.
 inline void attention_tc_require(const AttentionShape& a, const char* what) {
   require(attention_tc_dims_ok(a.qk_dim, a.v_dim), what,
           ": the tensor-core attention kernels (chosen by set_attention_kernel or "
@@ -606,6 +608,12 @@ inline void attention_tc_require(const AttentionShape& a, const char* what) {
           kernels::attn_tc::kFrag, " from ", kernels::attn_tc::kFrag, " to ",
           kernels::attn_tc::kMaxDim, ", got qk_dim ", a.qk_dim, " and v_dim ", a.v_dim,
           " (the fp32 kernels run any head dim up to ", kernels::kAttnMaxDim, ")");
+  const std::size_t bytes =
+      attention_tc_shared_bytes(static_cast<int>(a.qk_dim), static_cast<int>(a.v_dim));
+  const std::size_t limit = Runtime::get().properties().sharedMemPerBlockOptin;
+  require(bytes <= limit, what, ": the tensor-core attention kernels need ", bytes,
+          " bytes of shared memory per block for qk_dim ", a.qk_dim, " and v_dim ", a.v_dim,
+          ", this GPU allows ", limit, " (the fp32 kernels need less)");
 }
 
 // Every row of t, from its head columns on, starts 16-byte aligned (float4 staging): head
@@ -624,7 +632,7 @@ inline void attention_tc_forward(Tensor& out, Tensor& probs, const Tensor& q, co
   const bool vec4 = attention_tc_rows_aligned(q) && attention_tc_rows_aligned(k) &&
                     attention_tc_rows_aligned(v);
   const int qk = static_cast<int>(a.qk_dim), vd = static_cast<int>(a.v_dim);
-  launch_attention_kernel(tc::forward, "attention_tc_forward", attention_grid(a, p), tc::kThreads,
+  launch_attention_kernel(tc::forward, "attention_tc_forward", attention_grid(a, p), tc::kTcThreads,
                           tc::ForwardSmem(qk, vd).bytes, out.data(), probs.data(), q.data(),
                           k.data(), v.data(), p, vec4);
 }
@@ -644,10 +652,10 @@ inline void attention_tc_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tens
   // in order on the one stream).
   float* d = scratch<float, 10>(static_cast<std::size_t>(probs.rows()));
   const unsigned grid = attention_grid(a, p);
-  launch_attention_kernel(tc::backward_dq, "attention_tc_backward_dq", grid, tc::kThreads,
+  launch_attention_kernel(tc::backward_dq, "attention_tc_backward_dq", grid, tc::kTcThreads,
                           tc::DqSmem(qk, vd).bytes, dq.data(), d, dout.data(), probs.data(),
                           q.data(), k.data(), v.data(), p, vec4);
-  launch_attention_kernel(tc::backward_dkv, "attention_tc_backward_dkv", grid, tc::kThreads,
+  launch_attention_kernel(tc::backward_dkv, "attention_tc_backward_dkv", grid, tc::kTcThreads,
                           tc::DkvSmem(qk, vd).bytes, dk.data(), dv.data(), dout.data(),
                           probs.data(), d, q.data(), k.data(), v.data(), p, vec4);
 }
