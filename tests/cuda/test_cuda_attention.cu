@@ -3,9 +3,9 @@
 // and all three gradients, causal and not, qk_dim == v_dim (MHA) and qk_dim != v_dim (MLA),
 // sequence lengths that are not multiples of the kernels' tiles and blocks, dropout off and on
 // (the GPU draws exactly the CPU's mask), tensors wider than their heads and peaked softmax
-// rows; plus causality, determinism and bad input.  Both
-// kernel sets: the fp32 ones (selected explicitly, AttentionKernelScope) and the tensor-core
-// ones, also each one's saved state feeding the other's backward, and the kernel selection.
+// rows; plus causality, determinism and bad input.  Both kernel sets: the fp32 ones (selected
+// explicitly, AttentionKernelScope) and the tensor-core ones, also each one's saved state
+// feeding the other's backward, and the kernel selection.
 //
 // Tolerances.  fp32 kernels: both sides compute in fp32 (never rounding to bf16), so the results
 // differ only by summation order and exp/log rounding: kFp32Tolerance (1e-5 relative in norm; a
