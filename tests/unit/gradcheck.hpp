@@ -50,6 +50,20 @@ inline Mat random_matrix(Eigen::Index rows, Eigen::Index cols, std::uint64_t key
 // sum(y .* r): the scalar whose gradient with respect to y is r.
 inline double dot(const Mat& y, const Mat& r) { return (y.array() * r.array()).sum(); }
 
+// Checks the analytic gradients against central differences of `loss`: dx of the input x, and
+// every parameter's .grad in `store` (filled by one forward and backward before the call).
+inline void check_gradients(Mat& x, const Mat& dx, ParameterStore<D>& store,
+                            const std::function<double()>& loss, double tolerance = kTolerance) {
+  const double input_error = fd_relative_error(x, dx, loss);
+  INFO("input gradient relative error " << input_error);
+  CHECK(input_error < tolerance);
+  for (auto& p : store) {
+    const double error = fd_relative_error(p.value, p.grad, loss);
+    INFO(p.name << " relative error " << error);
+    CHECK(error < tolerance);
+  }
+}
+
 // Runs block.forward on x and returns sum(y .* r), with the same dropout masks every time.
 template <class Block>
 double block_loss(Block& block, const Mat& x, const Mat& r, std::size_t batch, std::size_t seq,
@@ -93,15 +107,7 @@ void check_block(Block& block, ParameterStore<D>& store, std::size_t batch, std:
   loss();
   Mat dx;
   block.backward(dx, r);
-
-  const double input_error = test::fd_relative_error(x, dx, loss);
-  INFO("input gradient relative error " << input_error);
-  CHECK(input_error < kTolerance);
-  for (auto& p : store) {
-    const double error = test::fd_relative_error(p.value, p.grad, loss);
-    INFO(p.name << " relative error " << error);
-    CHECK(error < kTolerance);
-  }
+  check_gradients(x, dx, store, loss);
 }
 
 

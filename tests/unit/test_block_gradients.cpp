@@ -6,25 +6,13 @@
 #include <ablate/ablate.hpp>
 
 #include "gradcheck.hpp"
+#include "test_configs.hpp"
 
 namespace {
 
 using namespace ablate;
 using test::D;
 using test::Mat;
-
-ModelConfig tiny_config() {
-  ModelConfig cfg;
-  cfg.vocab_size = 11;
-  cfg.hidden_size = 8;
-  cfg.num_attention_heads = 2;
-  cfg.num_hidden_layers = 2;
-  cfg.intermediate_size = 12;
-  cfg.max_position_embeddings = 5;
-  cfg.hidden_dropout = 0.2;
-  cfg.attention_dropout = 0.25;
-  return cfg;
-}
 
 }  // namespace
 
@@ -57,7 +45,7 @@ TEST_CASE("Linear with and without bias backward matches finite differences") {
 }
 
 TEST_CASE("MLP (silu, inner dropout) backward matches finite differences") {
-  const auto cfg = tiny_config();
+  const auto cfg = test::gradcheck_config();
   ParameterStore<D> store;
   Initializer init(1, 0.02, InitScheme::Normal);
   auto mlp = MLP::make<D>(store, init, "mlp", cfg);
@@ -65,7 +53,7 @@ TEST_CASE("MLP (silu, inner dropout) backward matches finite differences") {
 }
 
 TEST_CASE("GatedMLP (SwiGLU) backward matches finite differences") {
-  const auto cfg = tiny_config();
+  const auto cfg = test::gradcheck_config();
   ParameterStore<D> store;
   Initializer init(1, 0.02, InitScheme::Normal);
   auto mlp = GatedMLP::make<D>(store, init, "mlp", cfg);
@@ -75,7 +63,7 @@ TEST_CASE("GatedMLP (SwiGLU) backward matches finite differences") {
 TEST_CASE_TEMPLATE("multi-head attention variants: backward matches finite differences", Policy,
                    MHA, NonCausalMHA, PlainMHA) {
   for (bool bias : {false, true}) {
-    auto cfg = tiny_config();
+    auto cfg = test::gradcheck_config();
     cfg.attention_bias = bias;
     ParameterStore<D> store;
     Initializer init(1, 0.02, InitScheme::Normal);
@@ -85,7 +73,7 @@ TEST_CASE_TEMPLATE("multi-head attention variants: backward matches finite diffe
 }
 
 TEST_CASE("attention without dropout (eval) backward matches finite differences") {
-  const auto cfg = tiny_config();
+  const auto cfg = test::gradcheck_config();
   ParameterStore<D> store;
   Initializer init(1, 0.02, InitScheme::Normal);
   auto attention = MHA::make<D>(store, init, "self_attn", cfg);
@@ -122,7 +110,7 @@ TEST_CASE_TEMPLATE("transformer layer, pre-norm and post-norm: backward matches 
                    Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>,
                    Architecture<Attention<MHA>, FFN<MLP>, Norm<LN>, Placement<PostNorm>>,
                    Architecture<Attention<PlainMHA>, FFN<GatedMLP>, Norm<LN>, Placement<PostNorm>>) {
-  const auto cfg = tiny_config();
+  const auto cfg = test::gradcheck_config();
   ParameterStore<D> store;
   Initializer init(1, 0.02, InitScheme::Normal);
   TransformerLayer<D, Arch> layer(store, init, "layers.0", cfg);
@@ -143,7 +131,7 @@ TEST_CASE_TEMPLATE("transformer layer, pre-norm and post-norm: backward matches 
 TEST_CASE_TEMPLATE("whole 2-layer model: cross-entropy gradients match finite differences", Arch,
                    Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>,
                    Architecture<Attention<MHA>, FFN<MLP>, Norm<LN>, Placement<PostNorm>, FinalNorm<RMS>>) {
-  const auto cfg = tiny_config();
+  const auto cfg = test::gradcheck_config();
   Model<Arch, D> model(cfg, 3);
   std::uint64_t key = 40;
   for (auto& p : model.parameters()) D::fill_uniform(p.value, key++, 0.3);

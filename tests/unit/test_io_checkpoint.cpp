@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "io_test_util.hpp"
+#include "test_configs.hpp"
 
 namespace {
 
@@ -23,28 +24,6 @@ using MlaArch = Architecture<Attention<MLA>, FFN<MLP>, Norm<LN>, Placement<PostN
 using MoeArch = Architecture<Attention<MHA>, FFN<Glm4MoE<4, 2>>, Norm<RMS>>;
 
 constexpr std::size_t kBatches = 8;
-
-ModelConfig tiny_config() {
-  ModelConfig cfg;
-  cfg.vocab_size = 17;
-  cfg.hidden_size = 16;
-  cfg.num_attention_heads = 4;
-  cfg.num_hidden_layers = 2;
-  cfg.intermediate_size = 24;
-  cfg.max_position_embeddings = 8;
-  cfg.hidden_dropout = 0.1;
-  cfg.attention_dropout = 0.1;
-  cfg.q_lora_rank = 8;
-  cfg.kv_lora_rank = 8;
-  cfg.qk_rope_head_dim = 4;
-  cfg.qk_nope_head_dim = 2;
-  cfg.v_head_dim = 4;
-  cfg.moe_intermediate_size = 8;
-  cfg.n_group = 2;
-  cfg.topk_group = 1;
-  cfg.router_bias_update_rate = 0.01;  // aux-loss-free balancing on
-  return cfg;
-}
 
 TrainConfig train_config() {
   TrainConfig t;
@@ -94,7 +73,7 @@ void train(Trainer<M>& trainer, std::size_t from, std::size_t to, std::vector<do
 TEST_CASE_TEMPLATE("checkpoint: resume is bit-exact", Arch, DenseArch, MlaArch, MoeArch) {
   using M = Model<Arch, CPU>;
   io_test::TempDir dir;
-  const auto cfg = tiny_config();
+  const auto cfg = test::small_moe_model_config();
   const auto tcfg = train_config();
 
   M straight(cfg, 7);
@@ -153,7 +132,7 @@ TEST_CASE_TEMPLATE("checkpoint: resume is bit-exact", Arch, DenseArch, MlaArch, 
 TEST_CASE("checkpoint: the test above would notice missing state") {
   io_test::TempDir dir;
   using M = Model<MoeArch, CPU>;
-  const auto cfg = tiny_config();
+  const auto cfg = test::small_moe_model_config();
   const auto tcfg = train_config();
   M straight(cfg, 7);
   Trainer<M> straight_trainer(straight, tcfg);
@@ -178,7 +157,7 @@ TEST_CASE("checkpoint: the test above would notice missing state") {
 TEST_CASE("checkpoint: mismatched models, trainers and files are refused") {
   io_test::TempDir dir;
   using M = Model<DenseArch, CPU>;
-  const auto cfg = tiny_config();
+  const auto cfg = test::small_moe_model_config();
   const auto tcfg = train_config();
   M model(cfg, 1);
   Trainer<M> trainer(model, tcfg);

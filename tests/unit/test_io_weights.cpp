@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "io_test_util.hpp"
+#include "test_configs.hpp"
 
 namespace {
 
@@ -20,26 +21,6 @@ namespace io = ablate::io;
 using DenseArch = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
 using MlaArch = Architecture<Attention<MLA>, FFN<MLP>, Norm<RMS>>;
 using MoeArch = Architecture<Attention<MHA>, FFN<Glm4MoE<4, 2>>, Norm<RMS>>;
-
-ModelConfig tiny_config() {
-  ModelConfig cfg;
-  cfg.vocab_size = 17;
-  cfg.hidden_size = 16;
-  cfg.num_attention_heads = 4;
-  cfg.num_hidden_layers = 2;
-  cfg.intermediate_size = 24;
-  cfg.max_position_embeddings = 8;
-  cfg.q_lora_rank = 8;
-  cfg.kv_lora_rank = 8;
-  cfg.qk_rope_head_dim = 4;
-  cfg.qk_nope_head_dim = 2;
-  cfg.v_head_dim = 4;
-  cfg.moe_intermediate_size = 8;
-  cfg.n_group = 2;
-  cfg.topk_group = 1;
-  cfg.router_bias_update_rate = 0.01;
-  return cfg;
-}
 
 template <class M>
 bool same_parameters(const M& a, const M& b) {
@@ -72,7 +53,7 @@ void rewrite(const std::filesystem::path& from, const std::filesystem::path& to,
 TEST_CASE_TEMPLATE("weights: save then load into a fresh model is exact", Arch, DenseArch, MlaArch,
                    MoeArch) {
   io_test::TempDir dir;
-  const auto cfg = tiny_config();
+  const auto cfg = test::small_moe_model_config();
   Model<Arch, CPU> a(cfg, 1), b(cfg, 2);
   REQUIRE_FALSE(same_parameters(a, b));
   io::save_weights(a, dir / "w.safetensors", {{"run", "test"}});
@@ -94,7 +75,7 @@ TEST_CASE_TEMPLATE("weights: save then load into a fresh model is exact", Arch, 
 
 TEST_CASE("weights: GLM4 router biases travel under their HF buffer name") {
   io_test::TempDir dir;
-  const auto cfg = tiny_config();
+  const auto cfg = test::small_moe_model_config();
   Model<MoeArch, CPU> a(cfg, 1), b(cfg, 2);
   auto& router = a.layers()[1].ffn().router();
   CHECK(router.gate().weight().name == "layers.1.mlp.gate.weight");
@@ -111,7 +92,7 @@ TEST_CASE("weights: GLM4 router biases travel under their HF buffer name") {
 
 TEST_CASE("weights: lower-precision files round once and load back") {
   io_test::TempDir dir;
-  const auto cfg = tiny_config();
+  const auto cfg = test::small_moe_model_config();
   Model<DenseArch, CPU> a(cfg, 1), b(cfg, 2);
   io::save_weights(a, dir / "bf16.safetensors", {}, io::Dtype::BF16);
   CHECK(io::SafetensorsReader::open(dir / "bf16.safetensors").at("norm.weight").dtype ==
@@ -129,7 +110,7 @@ TEST_CASE("weights: lower-precision files round once and load back") {
 
 TEST_CASE("weights: mismatched files are rejected before the model changes") {
   io_test::TempDir dir;
-  const auto cfg = tiny_config();
+  const auto cfg = test::small_moe_model_config();
   Model<DenseArch, CPU> a(cfg, 1), b(cfg, 2), b_copy(cfg, 2);
   const auto good = dir / "w.safetensors";
   io::save_weights(a, good);

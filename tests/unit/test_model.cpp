@@ -6,26 +6,12 @@
 
 #include <string>
 
+#include "test_configs.hpp"
+
 namespace {
 
 using namespace ablate;
 using D = CPUBackend<double>;
-
-ModelConfig small_config() {
-  ModelConfig cfg;
-  cfg.vocab_size = 17;
-  cfg.hidden_size = 16;
-  cfg.num_attention_heads = 4;
-  cfg.num_hidden_layers = 2;
-  cfg.intermediate_size = 24;
-  cfg.max_position_embeddings = 8;
-  cfg.q_lora_rank = 8;
-  cfg.kv_lora_rank = 8;
-  cfg.qk_rope_head_dim = 4;
-  cfg.qk_nope_head_dim = 2;
-  cfg.v_head_dim = 4;
-  return cfg;
-}
 
 Tokens ramp(std::size_t batch, std::size_t seq, std::size_t vocab, std::size_t mul = 5) {
   Tokens t(batch, seq);
@@ -37,7 +23,7 @@ Tokens ramp(std::size_t batch, std::size_t seq, std::size_t vocab, std::size_t m
 // model must leave positions < j bit-identical and change position j.
 template <class Arch>
 bool earlier_logits_change(std::size_t j) {
-  const auto cfg = small_config();
+  const auto cfg = test::small_model_config();
   Model<Arch, D> model(cfg, 11);
   model.eval();
   const Tokens a = ramp(2, 8, cfg.vocab_size);
@@ -87,7 +73,7 @@ TEST_CASE("parameter count of the seed's attention_mlp_512d at vocab 49152 is 36
 }
 
 TEST_CASE("HF-style parameter names") {
-  const auto cfg = small_config();
+  const auto cfg = test::small_model_config();
   Model<Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>, D> model(cfg, 0);
   for (const char* name :
        {"embed_tokens.weight", "layers.0.input_layernorm.weight", "layers.0.self_attn.qkv_proj.weight",
@@ -99,7 +85,7 @@ TEST_CASE("HF-style parameter names") {
 }
 
 TEST_CASE("seeded runs are bit-for-bit deterministic, and different seeds differ") {
-  const auto cfg = small_config();
+  const auto cfg = test::small_model_config();
   using Arch = Architecture<Attention<MHA>, FFN<MLP>, Norm<RMS>>;
   auto run = [&](std::uint64_t seed) {
     Model<Arch, CPU> model(cfg, seed);
@@ -118,7 +104,7 @@ TEST_CASE("seeded runs are bit-for-bit deterministic, and different seeds differ
 }
 
 TEST_CASE("dropout is active in training and off in eval") {
-  const auto cfg = small_config();
+  const auto cfg = test::small_model_config();
   Model<Architecture<Attention<MHA>, FFN<MLP>, Norm<RMS>>, D> model(cfg, 1);
   const Tokens in = ramp(1, 8, cfg.vocab_size);
   model.eval();
@@ -149,7 +135,7 @@ void check_invalid(F&& f, const std::string& fragment) {
 
 TEST_CASE("bad input throws std::invalid_argument naming the problem") {
   using Arch = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
-  const auto cfg = small_config();
+  const auto cfg = test::small_model_config();
   Model<Arch, D> model(cfg, 0);
 
   Tokens too_big = ramp(1, 4, cfg.vocab_size);

@@ -19,6 +19,7 @@
 #include <ablate/ablate.hpp>
 
 #include "gradcheck.hpp"
+#include "test_configs.hpp"
 
 namespace {
 
@@ -31,15 +32,7 @@ constexpr double kMinMargin = 1e-3;
 constexpr std::size_t kBatch = 2, kSeq = 5;
 
 ModelConfig moe_config() {
-  ModelConfig cfg;
-  cfg.vocab_size = 11;
-  cfg.hidden_size = 8;
-  cfg.num_attention_heads = 2;
-  cfg.num_hidden_layers = 2;
-  cfg.intermediate_size = 12;
-  cfg.max_position_embeddings = 5;
-  cfg.hidden_dropout = 0.2;
-  cfg.attention_dropout = 0.25;
+  ModelConfig cfg = test::gradcheck_config();
   cfg.moe_intermediate_size = 5;
   cfg.n_shared_experts = 1;
   cfg.n_group = 3;  // 6 experts in three groups of two, two groups kept
@@ -103,15 +96,7 @@ void check_moe(const ModelConfig& cfg, double r_scale) {
   REQUIRE(margin > kMinMargin);
   Mat dx;
   moe.backward(dx, r);
-
-  const double input_error = test::fd_relative_error(input, dx, loss);
-  INFO("input gradient relative error " << input_error);
-  CHECK(input_error < kTolerance);
-  for (auto& p : store) {
-    const double error = test::fd_relative_error(p.value, p.grad, loss);
-    INFO(p.name << " relative error " << error);
-    CHECK(error < kTolerance);
-  }
+  test::check_gradients(input, dx, store, loss, kTolerance);
 }
 
 template <class Router>

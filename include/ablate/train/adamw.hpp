@@ -2,8 +2,6 @@
 // The learning rate is passed to every step, so a schedule stays outside the optimizer.
 #pragma once
 
-#include <cstdint>
-#include <string>
 #include <vector>
 
 #include "ablate/core/error.hpp"
@@ -19,28 +17,31 @@ struct AdamWOptions {
   double weight_decay = 0.1;  // the seed recipe's value (torch's own default is 0.01)
 };
 
+// Per-parameter state, public so a checkpoint can save and restore it.
 template <class B>
-class AdamW {
+struct AdamWState {
+  Parameter<B>* param;
+  typename B::Tensor m;  // first moment (torch: exp_avg)
+  typename B::Tensor v;  // second moment (torch: exp_avg_sq)
+};
+
+// steps() counts the steps taken (torch keeps the same count per parameter as state["step"]).
+template <class B>
+class AdamW : public OptimizerCore<AdamWState<B>, AdamWOptions> {
  public:
   using Tensor = typename B::Tensor;
-
-  // Per-parameter state, public so a checkpoint can save and restore it.
-  struct State {
-    Parameter<B>* param;
-    Tensor m;  // first moment (torch: exp_avg)
-    Tensor v;  // second moment (torch: exp_avg_sq)
-  };
+  using State = AdamWState<B>;
 
   explicit AdamW(std::vector<Parameter<B>*> params, AdamWOptions options = {})
-      : options_(options) {
+      : OptimizerCore<State, AdamWOptions>(options) {
     require(options.beta1 >= 0.0 && options.beta1 < 1.0, "AdamW: beta1 must be in [0, 1)");
     require(options.beta2 >= 0.0 && options.beta2 < 1.0, "AdamW: beta2 must be in [0, 1)");
     require(options.eps > 0.0, "AdamW: eps must be > 0");
     require(options.weight_decay >= 0.0, "AdamW: weight_decay must be >= 0");
-    states_.reserve(params.size());
+    this->states_.reserve(params.size());
     for (Parameter<B>* p : params) {
       require(p != nullptr, "AdamW: null parameter");
-      State& s = states_.emplace_back(State{p, Tensor{}, Tensor{}});
+      State& s = this->states_.emplace_back(State{p, Tensor{}, Tensor{}});
       B::resize(s.m, p->rows(), p->cols());
       B::resize(s.v, p->rows(), p->cols());
       B::set_zero(s.m);
@@ -50,25 +51,12 @@ class AdamW {
 
   // One update of every parameter from its current .grad at learning rate `lr`.
   void step(double lr) {
-    ++steps_;
-    for (State& s : states_)
-      B::adamw_update(s.param->value, s.param->grad, s.m, s.v, lr, options_.beta1,
-                      options_.beta2, options_.eps, options_.weight_decay, steps_);
+    const AdamWOptions& o = this->options_;
+    ++this->steps_;
+    for (State& s : this->states_)
+      B::adamw_update(s.param->value, s.param->grad, s.m, s.v, lr, o.beta1, o.beta2, o.eps,
+                      o.weight_decay, this->steps_);
   }
-
-  const AdamWOptions& options() const { return options_; }
-  std::vector<State>& states() { return states_; }
-  const std::vector<State>& states() const { return states_; }
-  // The state of the parameter called `name`, or null.
-  State* find(const std::string& name) { return find_state(states_, name); }
-  // Steps taken so far (torch keeps the same count per parameter as state["step"]).
-  std::int64_t steps() const { return steps_; }
-  void set_steps(std::int64_t steps) { steps_ = steps; }
-
- private:
-  AdamWOptions options_;
-  std::vector<State> states_;
-  std::int64_t steps_ = 0;
 };
 
 }  // namespace ablate

@@ -5,8 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
-#include <string>
+#include <cstddef>
 #include <vector>
 
 #include "ablate/core/error.hpp"
@@ -22,27 +21,30 @@ struct MuonOptions {
   int ns_steps = 5;
 };
 
+// Per-parameter state, public so a checkpoint can save and restore it.
 template <class B>
-class Muon {
+struct MuonState {
+  Parameter<B>* param;
+  typename B::Tensor momentum;  // torch: momentum_buffer
+};
+
+// steps() counts the steps taken (informational: Muon's update does not depend on it).
+template <class B>
+class Muon : public OptimizerCore<MuonState<B>, MuonOptions> {
  public:
   using Tensor = typename B::Tensor;
-
-  // Per-parameter state, public so a checkpoint can save and restore it.
-  struct State {
-    Parameter<B>* param;
-    Tensor momentum;  // torch: momentum_buffer
-  };
+  using State = MuonState<B>;
 
   explicit Muon(std::vector<Parameter<B>*> params, MuonOptions options = {})
-      : options_(options) {
+      : OptimizerCore<State, MuonOptions>(options) {
     require(options.momentum >= 0.0 && options.momentum < 1.0,
             "Muon: momentum must be in [0, 1)");
     require(options.ns_steps >= 0, "Muon: ns_steps must be >= 0");
-    states_.reserve(params.size());
+    this->states_.reserve(params.size());
     for (Parameter<B>* p : params) {
       require(p != nullptr, "Muon: null parameter");
       require(p->shape.size() == 2, "Muon: parameter ", p->name, " is not 2-D");
-      State& s = states_.emplace_back(State{p, Tensor{}});
+      State& s = this->states_.emplace_back(State{p, Tensor{}});
       B::resize(s.momentum, p->rows(), p->cols());
       B::set_zero(s.momentum);
     }
@@ -59,33 +61,22 @@ class Muon {
   //   p -= lr * shape_scale * NS5(u).
   // Unlike the reference, .grad is left untouched (the Nesterov blend goes to scratch).
   void step(double lr) {
-    ++steps_;
-    for (State& s : states_) {
+    const MuonOptions& o = this->options_;
+    ++this->steps_;
+    for (State& s : this->states_) {
       Parameter<B>& p = *s.param;
-      B::lerp_inplace(s.momentum, p.grad, 1.0 - options_.momentum);
+      B::lerp_inplace(s.momentum, p.grad, 1.0 - o.momentum);
       const Tensor* u = &s.momentum;
-      if (options_.nesterov) {
-        B::lerp(blend_, p.grad, s.momentum, options_.momentum);
+      if (o.nesterov) {
+        B::lerp(blend_, p.grad, s.momentum, o.momentum);
         u = &blend_;
       }
-      newton_schulz5<B>(update_, *u, p.rows(), p.cols(), options_.ns_steps, work_);
+      newton_schulz5<B>(update_, *u, p.rows(), p.cols(), o.ns_steps, work_);
       B::axpy(p.value, -lr * shape_scale(p.rows(), p.cols()), update_);
     }
   }
 
-  const MuonOptions& options() const { return options_; }
-  std::vector<State>& states() { return states_; }
-  const std::vector<State>& states() const { return states_; }
-  // The state of the parameter called `name`, or null.
-  State* find(const std::string& name) { return find_state(states_, name); }
-  // Steps taken so far (informational: Muon's update does not depend on it).
-  std::int64_t steps() const { return steps_; }
-  void set_steps(std::int64_t steps) { steps_ = steps; }
-
  private:
-  MuonOptions options_;
-  std::vector<State> states_;
-  std::int64_t steps_ = 0;
   Tensor blend_, update_;  // scratch shared by all parameters
   NewtonSchulzWork<B> work_;
 };
