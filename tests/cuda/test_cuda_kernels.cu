@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <tuple>
 #include <vector>
@@ -199,6 +200,26 @@ TEST_CASE("cuda kernels: cross-entropy matches the CPU backend, ties going to th
     CHECK(g2.correct == g.correct);
     CHECK(g2.count == g.count);
   }
+  // A NaN logit makes its row's loss and gradient NaN, as on the CPU; a bad target throws.
+  {
+    CpuTensor logits = random_tensor(3, 1000, 15);
+    logits(1, 517) = std::numeric_limits<float>::quiet_NaN();
+    const std::vector<std::int32_t> targets = {4, 9, 999};
+    CpuTensor dlogits;
+    const GpuTensor glogits = to_gpu(logits);
+    GpuTensor gdlogits;
+    CHECK(std::isnan(CPU::cross_entropy(logits, targets.data(), &dlogits, 1.0).loss_sum));
+    CHECK(std::isnan(CUDA::cross_entropy(glogits, targets.data(), &gdlogits, 1.0).loss_sum));
+    const CpuTensor g = to_cpu(gdlogits);
+    CHECK(g.row(1).array().isNaN().all());
+    CHECK(g.row(0).array().isFinite().all());
+    CHECK(g.row(2).array().isFinite().all());
+    for (const std::int32_t bad : {-1, 1000}) {
+      CAPTURE(bad);
+      const std::vector<std::int32_t> wrong = {4, bad, 0};
+      CHECK_THROWS_AS(CUDA::cross_entropy(glogits, wrong.data(), &gdlogits, 1.0), std::out_of_range);
+    }
+  }
   // No rows: nothing to add.
   GpuTensor empty(0, 10), dempty;
   const ablate::LossSums e = CUDA::cross_entropy(empty, nullptr, &dempty, 1.0);
@@ -239,6 +260,9 @@ TEST_CASE("cuda kernels: embedding forward/backward match the CPU backend with r
   GpuTensor table(kVocab, 4), y, dy(2, 4);
   CHECK_THROWS_AS(CUDA::embedding_forward(y, bad.data(), 2, table, 1.0), std::out_of_range);
   CHECK_THROWS_AS(CUDA::embedding_backward(table, bad.data(), dy, 1.0), std::out_of_range);
+  std::vector<std::int32_t> good = {3, 4};
+  GpuTensor narrow_dy(2, 3);
+  CHECK_THROWS_AS(CUDA::embedding_backward(table, good.data(), narrow_dy, 1.0), std::invalid_argument);
 }
 
 TEST_CASE("cuda kernels: AdamW steps match the CPU backend on both sides of beta1 = 0.5") {

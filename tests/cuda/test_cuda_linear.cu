@@ -90,6 +90,18 @@ TEST_CASE("cuda: linear forward/backward and GEMMs match the CPU backend within 
   }
 }
 
+TEST_CASE("cuda: linear and norm kernels reject operands of the wrong shape before any launch") {
+  const GpuTensor x = to_gpu(random_tensor(6, 4, 1)), w = to_gpu(random_tensor(3, 4, 2));
+  GpuTensor y, dx, dw = to_gpu(CpuTensor::Zero(3, 4)), rstd;
+  CHECK_THROWS_WITH_AS(CUDA::linear_forward(y, to_gpu(random_tensor(6, 5, 3)), w, nullptr),
+                       doctest::Contains("x is [6, 5] but the weight is [3, 4]"),
+                       ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(CUDA::linear_backward(&dx, dw, nullptr, to_gpu(random_tensor(6, 2, 4)), x, w),
+                       doctest::Contains("dy is [6, 2]"), ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(CUDA::rmsnorm_forward(y, rstd, x, to_gpu(random_tensor(1, 3, 5)), 1e-6),
+                       doctest::Contains("the weight is [1, 3]"), ablate::invalid_input);
+}
+
 TEST_CASE("cuda: errors name the failing call, and out of memory says how much was asked") {
   try {
     ablate::cuda::allocate(std::size_t{1} << 52);  // 4 PiB

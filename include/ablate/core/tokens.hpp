@@ -3,11 +3,24 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "ablate/core/error.hpp"
 
 namespace ablate {
+
+// Throws std::out_of_range unless ids[0, n) all lie in [0, limit): the backends check the ids
+// a kernel indexes a table or a row with on the host, before any memory is touched.
+// `what` names the ids ("ablate::CUDA embedding: token id").
+inline void check_ids(const std::int32_t* ids, std::size_t n, std::size_t limit, const char* what) {
+  for (std::size_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || static_cast<std::size_t>(ids[i]) >= limit)
+      throw std::out_of_range(std::string(what) + " " + std::to_string(ids[i]) + " at row " +
+                              std::to_string(i) + " is outside [0, " + std::to_string(limit) +
+                              ")");
+}
 
 class Tokens {
  public:

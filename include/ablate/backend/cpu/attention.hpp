@@ -9,6 +9,7 @@
 
 #include "ablate/backend/cpu/tensor.hpp"
 #include "ablate/core/attention_shape.hpp"
+#include "ablate/core/operand_checks.hpp"
 
 namespace ablate::cpu {
 
@@ -21,6 +22,7 @@ struct AttentionKernels {
   static void attention_forward(Tensor& out, Tensor& probs, const Tensor& q, const Tensor& k,
                                 const Tensor& v, const AttentionShape& a, double dropout_p,
                                 std::uint64_t key) {
+    checks::attention_inputs(q, k, v, a, dropout_p, "attention_forward");
     const Eigen::Index T = a.seq;
     out.resize(a.batch * T, a.heads * a.v_dim);
     probs.resize(a.batch * a.heads * T, T);
@@ -53,15 +55,23 @@ struct AttentionKernels {
     }
   }
 
-  // dq, dk, dv are overwritten.
+  // dq, dk, dv are overwritten (shaped like q, k, v).
   static void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout,
                                  const Tensor& probs, const Tensor& q, const Tensor& k,
                                  const Tensor& v, const AttentionShape& a, double dropout_p,
                                  std::uint64_t key) {
+    checks::attention_inputs(q, k, v, a, dropout_p, "attention_backward");
+    checks::attention_dout(dout, a, "attention_backward");
+    checks::shape(probs, a.batch * a.heads * a.seq, a.seq, "attention_backward",
+                  "the saved probabilities (pass the probs attention_forward filled)");
     const Eigen::Index T = a.seq;
     dq.resize(q.rows(), q.cols());
     dk.resize(k.rows(), k.cols());
     dv.resize(v.rows(), v.cols());
+    // Columns beyond the heads (a tensor wider than its heads) get a zero gradient.
+    if (q.cols() != a.heads * a.qk_dim) dq.setZero();
+    if (k.cols() != a.heads * a.qk_dim) dk.setZero();
+    if (v.cols() != a.heads * a.v_dim) dv.setZero();
     const Eigen::Index pairs = a.batch * a.heads;
     ABLATE_PARALLEL_FOR
     for (Eigen::Index bh = 0; bh < pairs; ++bh) {

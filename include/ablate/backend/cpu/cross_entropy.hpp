@@ -8,6 +8,7 @@
 
 #include "ablate/backend/cpu/tensor.hpp"
 #include "ablate/core/loss_stats.hpp"
+#include "ablate/core/tokens.hpp"
 
 namespace ablate::cpu {
 
@@ -15,10 +16,13 @@ template <class S>
 struct CrossEntropyKernels {
   using Tensor = Matrix<S>;
 
-  // dlogits (if not null) = grad_scale * (softmax(logits) - onehot(target)).
+  // dlogits (if not null) = grad_scale * (softmax(logits) - onehot(target)).  A NaN logit
+  // makes its row's loss and gradient NaN; a target outside [0, cols) throws.
   static LossSums cross_entropy(const Tensor& logits, const std::int32_t* targets,
                                 Tensor* dlogits, double grad_scale) {
     const Eigen::Index n = logits.rows();
+    check_ids(targets, static_cast<std::size_t>(n), static_cast<std::size_t>(logits.cols()),
+              "ablate::CPU cross_entropy: target id");
     if (dlogits != nullptr) dlogits->resize(n, logits.cols());
     std::vector<double> row_loss(static_cast<std::size_t>(n));
     std::vector<unsigned char> row_hit(static_cast<std::size_t>(n));

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "ablate/backend/cpu/tensor.hpp"
+#include "ablate/core/operand_checks.hpp"
 
 namespace ablate::cpu {
 
@@ -11,6 +12,7 @@ struct LinearKernels {
 
   // y = x W^T (+ b).  `b` may be null.
   static void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b) {
+    checks::linear_forward(x, w, b, "linear_forward");
     y.resize(x.rows(), w.rows());
     y.noalias() = x * w.transpose();
     if (b != nullptr) y.rowwise() += b->row(0);
@@ -20,6 +22,7 @@ struct LinearKernels {
   // accumulate_dx).  `dx` and `db` may be null.
   static void linear_backward(Tensor* dx, Tensor& dw, Tensor* db, const Tensor& dy,
                               const Tensor& x, const Tensor& w, bool accumulate_dx = false) {
+    checks::linear_backward(dx, dw, db, dy, x, w, accumulate_dx, "linear_backward");
     dw.noalias() += dy.transpose() * x;
     if (db != nullptr) db->row(0) += dy.colwise().sum();
     if (dx != nullptr) {

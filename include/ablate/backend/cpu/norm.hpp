@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "ablate/backend/cpu/tensor.hpp"
+#include "ablate/core/operand_checks.hpp"
 
 namespace ablate::cpu {
 
@@ -15,6 +16,7 @@ struct NormKernels {
   // y = x / rms(x) * w;  rstd[r] = 1 / sqrt(mean(x[r]^2) + eps)
   static void rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& w,
                               double eps) {
+    checks::norm_parameters(x, w, "rmsnorm_forward");
     const Eigen::Index n = x.rows(), d = x.cols();
     y.resize(n, d);
     rstd.resize(n, 1);
@@ -30,6 +32,7 @@ struct NormKernels {
   // dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * w;  dw += sum_r dy * xhat
   static void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x,
                                const Tensor& w, const Tensor& rstd) {
+    checks::norm_backward(dy, x, w, dw, rstd, "rmsnorm_backward");
     const Eigen::Index n = x.rows(), d = x.cols();
     // dx first holds xhat (no temporary buffer), then is overwritten row by row.
     dx.resize(n, d);
@@ -46,6 +49,8 @@ struct NormKernels {
   // y = (x - mean) * rstd * w + b
   static void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x,
                                 const Tensor& w, const Tensor& b, double eps) {
+    checks::norm_parameters(x, w, "layernorm_forward");
+    checks::norm_parameters(x, b, "layernorm_forward");
     const Eigen::Index n = x.rows(), d = x.cols();
     y.resize(n, d);
     mean.resize(n, 1);
@@ -67,6 +72,9 @@ struct NormKernels {
   static void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
                                  const Tensor& x, const Tensor& w, const Tensor& mean,
                                  const Tensor& rstd) {
+    checks::norm_backward(dy, x, w, dw, rstd, "layernorm_backward");
+    checks::shape(db, 1, x.cols(), "layernorm_backward", "the bias gradient");
+    checks::shape(mean, x.rows(), 1, "layernorm_backward", "the saved means");
     const Eigen::Index n = x.rows(), d = x.cols();
     // dx first holds xhat (no temporary buffer), then is overwritten row by row.
     dx.resize(n, d);

@@ -48,6 +48,7 @@
 #include "ablate/backend/cuda/tensor.cuh"
 #include "ablate/core/attention_shape.hpp"
 #include "ablate/core/error.hpp"
+#include "ablate/core/operand_checks.hpp"
 #include "ablate/core/random.hpp"
 
 namespace ablate::cuda {
@@ -518,10 +519,7 @@ struct AttentionKernels {
                                  const Tensor& v, const AttentionShape& a, double dropout_p,
                                  std::uint64_t key) {
     validate("attention_backward", q, k, v, a, dropout_p);
-    const std::ptrdiff_t rows = a.batch * a.seq;
-    require(dout.rows() == rows && dout.cols() >= a.heads * a.v_dim,
-            "attention_backward: dout is [", dout.rows(), ", ", dout.cols(), "], expected [", rows,
-            ", ", a.heads * a.v_dim, "]");
+    checks::attention_dout(dout, a, "attention_backward");
     require(probs.rows() == a.batch * a.heads * a.seq && probs.cols() == 1 + a.v_dim,
             "attention_backward: the saved state is [", probs.rows(), ", ", probs.cols(),
             "], expected [", a.batch * a.heads * a.seq, ", ", 1 + a.v_dim,
@@ -556,23 +554,10 @@ struct AttentionKernels {
  private:
   static void validate(const char* what, const Tensor& q, const Tensor& k, const Tensor& v,
                        const AttentionShape& a, double dropout_p) {
-    require(a.batch >= 0 && a.seq >= 0 && a.heads >= 0, what, ": negative shape (batch ", a.batch,
-            ", seq ", a.seq, ", heads ", a.heads, ")");
-    require(a.qk_dim >= 1 && a.qk_dim <= kernels::kAttnMaxDim && a.v_dim >= 1 &&
-                a.v_dim <= kernels::kAttnMaxDim,
-            what, ": CUDA attention supports head dims 1..", kernels::kAttnMaxDim, ", got qk_dim ",
+    checks::attention_inputs(q, k, v, a, dropout_p, what);
+    require(a.qk_dim <= kernels::kAttnMaxDim && a.v_dim <= kernels::kAttnMaxDim, what,
+            ": CUDA attention supports head dims 1..", kernels::kAttnMaxDim, ", got qk_dim ",
             a.qk_dim, " and v_dim ", a.v_dim);
-    require(dropout_p >= 0.0 && dropout_p < 1.0, what, ": dropout_p must be in [0, 1), got ",
-            dropout_p);
-    const std::ptrdiff_t rows = a.batch * a.seq;
-    const auto check = [&](const Tensor& t, const char* name, std::ptrdiff_t dim) {
-      require(t.rows() == rows && t.cols() >= a.heads * dim, what, ": ", name, " is [", t.rows(),
-              ", ", t.cols(), "], expected [", rows, ", ", a.heads * dim, "] (batch ", a.batch,
-              " x seq ", a.seq, ", heads ", a.heads, " x dim ", dim, ")");
-    };
-    check(q, "q", a.qk_dim);
-    check(k, "k", a.qk_dim);
-    check(v, "v", a.v_dim);
     // The fp32 kernels' blocks are the smallest (kAttnWarps rows), so their grid is the largest.
     const std::ptrdiff_t row_blocks = (a.seq + kernels::kAttnWarps - 1) / kernels::kAttnWarps;
     require(a.batch * a.heads * row_blocks <= 0x7fffffff, what, ": ", a.batch * a.heads,

@@ -13,6 +13,7 @@
 
 #include "ablate/backend/cuda/tensor.cuh"
 #include "ablate/core/loss_stats.hpp"
+#include "ablate/core/tokens.hpp"
 
 namespace ablate::cuda {
 
@@ -48,8 +49,8 @@ __device__ inline long long block_min(long long v, long long* scratch) {
 
 // Row r = blockIdx.x: row_loss[r] = logsumexp(z) - z[t], row_hit[r] = 1 when the first maximum
 // of z is at t (else 0), and, when dlogits is not null, dlogits[r] = grad_scale *
-// (exp(z - logsumexp(z)) - onehot(t)).  A target outside [0, cols) gives a NaN loss, no hit
-// and no one-hot term instead of an out-of-bounds read.
+// (exp(z - logsumexp(z)) - onehot(t)).  The host has checked the targets; one outside
+// [0, cols) would still give a NaN loss, no hit and no one-hot term, not an out-of-bounds read.
 ABLATE_KERNEL void __launch_bounds__(kMaxThreads)
     rows(const float* logits, const std::int32_t* targets, std::ptrdiff_t cols, float* dlogits,
          float grad_scale, double* row_loss, double* row_hit) {
@@ -65,10 +66,14 @@ ABLATE_KERNEL void __launch_bounds__(kMaxThreads)
 
   // Online max and sum of exp(z - max) over this thread's logits; `arg` is the first index of
   // the thread's maximum (the indices are visited in increasing order).
+  // A NaN logit makes the thread's part NaN, so the row's loss and gradient are NaN as on the
+  // CPU (a diverged run must not report a finite loss).
   float m = -INFINITY, s = 0.f;
   long long arg = LLONG_MAX;
+  bool saw_nan = false;
   for (std::ptrdiff_t c = threadIdx.x; c < cols; c += blockDim.x) {
     const float v = z[c];
+    saw_nan = saw_nan || v != v;
     if (v > m) {
       s *= expf(m - v);  // 0 while m is still -inf
       m = v;
@@ -77,7 +82,11 @@ ABLATE_KERNEL void __launch_bounds__(kMaxThreads)
     if (m > -INFINITY) s += expf(v - m);
   }
   const float mx = block_max(m, fscratch);
-  const double part = s > 0.f ? static_cast<double>(s) * exp(static_cast<double>(m) - static_cast<double>(mx)) : 0.0;
+  const double part =
+      saw_nan ? static_cast<double>(NAN)
+          : (m == -INFINITY ? 0.0
+                            : static_cast<double>(s) *
+                                  exp(static_cast<double>(m) - static_cast<double>(mx)));
   const double log_sum = log(block_sum(part, dscratch)) + static_cast<double>(mx);
   // The first maximum of the row: the lowest index among the threads that hold the maximum.
   const long long first = block_min(m == mx ? arg : LLONG_MAX, iscratch);
@@ -118,10 +127,13 @@ struct CrossEntropyKernels {
   using Tensor = cuda::Tensor;
 
   // dlogits (if not null) = grad_scale * (softmax(logits) - onehot(target)).  `targets` is a
-  // host array of logits.rows() ids.
+  // host array of logits.rows() ids; one outside [0, cols) throws.  A NaN logit makes its
+  // row's loss and gradient NaN.
   static LossSums cross_entropy(const Tensor& logits, const std::int32_t* targets, Tensor* dlogits,
                                 double grad_scale) {
     const std::ptrdiff_t n = logits.rows(), v = logits.cols();
+    check_ids(targets, static_cast<std::size_t>(n), static_cast<std::size_t>(v),
+              "ablate::CUDA cross_entropy: target id");
     if (dlogits != nullptr) dlogits->resize(n, v);
     LossSums out;
     out.count = static_cast<std::size_t>(n);

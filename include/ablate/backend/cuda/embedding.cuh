@@ -10,11 +10,11 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 #include <vector>
 
 #include "ablate/backend/cuda/tensor.cuh"
+#include "ablate/core/error.hpp"
+#include "ablate/core/tokens.hpp"
 
 namespace ablate::cuda {
 
@@ -47,16 +47,6 @@ struct Elementwise : TensorKernels {
   using TensorKernels::launch;
 };
 
-// Throws unless every id indexes a row of a table with `vocab` rows (an id out of range would
-// read or write outside the device table).
-inline void check_ids(const std::int32_t* ids, std::ptrdiff_t n, std::ptrdiff_t vocab) {
-  for (std::ptrdiff_t r = 0; r < n; ++r)
-    if (ids[r] < 0 || ids[r] >= vocab)
-      throw std::out_of_range("ablate::CUDA embedding: token id " + std::to_string(ids[r]) +
-                              " at row " + std::to_string(r) + " is outside the table's " +
-                              std::to_string(vocab) + " rows");
-}
-
 }  // namespace kernels::embed
 
 struct EmbeddingKernels {
@@ -68,7 +58,8 @@ struct EmbeddingKernels {
     const std::ptrdiff_t d = table.cols();
     y.resize(n, d);
     if (n == 0 || d == 0) return;
-    kernels::embed::check_ids(ids, n, table.rows());
+    check_ids(ids, static_cast<std::size_t>(n), static_cast<std::size_t>(table.rows()),
+              "ablate::CUDA embedding_forward: token id");
     std::int32_t* device_ids = scratch<std::int32_t, 32>(static_cast<std::size_t>(n));
     copy_to_device(device_ids, ids, static_cast<std::size_t>(n));
     kernels::embed::Elementwise::launch(kernels::embed::forward, y.numel(), y.data(), device_ids,
@@ -80,8 +71,11 @@ struct EmbeddingKernels {
   static void embedding_backward(Tensor& dtable, const std::int32_t* ids, const Tensor& dy,
                                  double scale) {
     const std::ptrdiff_t n = dy.rows(), d = dy.cols(), vocab = dtable.rows();
+    require(dtable.cols() == d, "ablate::CUDA embedding_backward: dy has ", d,
+            " columns, the table gradient ", dtable.cols());
     if (n == 0 || d == 0) return;
-    kernels::embed::check_ids(ids, n, vocab);
+    check_ids(ids, static_cast<std::size_t>(n), static_cast<std::size_t>(vocab),
+              "ablate::CUDA embedding_backward: token id");
     // Counting sort of the rows by id, laid out as [rows by id: n | segment starts: u + 1 |
     // segment ids: u] for the u distinct ids.
     std::vector<std::int32_t> next(static_cast<std::size_t>(vocab), 0);

@@ -14,8 +14,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <map>
 #include <tuple>
+#include <utility>
 
 #include "ablate/backend/cuda/buffer.cuh"
 #include "ablate/backend/cuda/launch.cuh"
@@ -29,28 +31,35 @@ ABLATE_KERNEL void to_bf16(__nv_bfloat16* y, const float* x, std::size_t n) {
 }
 
 // Fallback GEMM, 16x16 tiles.  A is [M,K] (or [K,M] when ta), B is [K,N] (or [N,K] when tb).
+// 64-bit indices (an LM-head operand has more than 2^31 elements); the row tiles are strided
+// over grid.y, which is limited to 65535 blocks.
 constexpr int kGemmTile = 16;
-ABLATE_KERNEL void gemm_tiled(float* c, const __nv_bfloat16* a, const __nv_bfloat16* b, int m, int n,
-                           int k, bool ta, bool tb, float alpha, float beta, const float* bias) {
+constexpr unsigned kGemmMaxRowBlocks = 65535;
+ABLATE_KERNEL void gemm_tiled(float* c, const __nv_bfloat16* a, const __nv_bfloat16* b,
+                              std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, bool ta,
+                              bool tb, float alpha, float beta, const float* bias) {
   __shared__ float as[kGemmTile][kGemmTile + 1];
   __shared__ float bs[kGemmTile][kGemmTile + 1];
-  const int row = blockIdx.y * kGemmTile + threadIdx.y;
-  const int col = blockIdx.x * kGemmTile + threadIdx.x;
-  float acc = 0.f;
-  for (int t = 0; t < k; t += kGemmTile) {
-    const int ak = t + threadIdx.x, bk = t + threadIdx.y;
-    as[threadIdx.y][threadIdx.x] =
-        row < m && ak < k ? __bfloat162float(ta ? a[ak * m + row] : a[row * k + ak]) : 0.f;
-    bs[threadIdx.y][threadIdx.x] =
-        col < n && bk < k ? __bfloat162float(tb ? b[col * k + bk] : b[bk * n + col]) : 0.f;
-    __syncthreads();
-    for (int j = 0; j < kGemmTile; ++j) acc += as[threadIdx.y][j] * bs[j][threadIdx.x];
-    __syncthreads();
-  }
-  if (row < m && col < n) {
-    float v = alpha * acc + (bias != nullptr ? bias[col] : 0.f);
-    if (beta != 0.f) v += beta * c[row * n + col];
-    c[row * n + col] = v;
+  const std::ptrdiff_t col = blockIdx.x * static_cast<std::ptrdiff_t>(kGemmTile) + threadIdx.x;
+  for (std::ptrdiff_t row0 = blockIdx.y * static_cast<std::ptrdiff_t>(kGemmTile); row0 < m;
+       row0 += static_cast<std::ptrdiff_t>(gridDim.y) * kGemmTile) {
+    const std::ptrdiff_t row = row0 + threadIdx.y;
+    float acc = 0.f;
+    for (std::ptrdiff_t t = 0; t < k; t += kGemmTile) {
+      const std::ptrdiff_t ak = t + threadIdx.x, bk = t + threadIdx.y;
+      as[threadIdx.y][threadIdx.x] =
+          row < m && ak < k ? __bfloat162float(ta ? a[ak * m + row] : a[row * k + ak]) : 0.f;
+      bs[threadIdx.y][threadIdx.x] =
+          col < n && bk < k ? __bfloat162float(tb ? b[col * k + bk] : b[bk * n + col]) : 0.f;
+      __syncthreads();
+      for (int j = 0; j < kGemmTile; ++j) acc += as[threadIdx.y][j] * bs[j][threadIdx.x];
+      __syncthreads();
+    }
+    if (row < m && col < n) {
+      float v = alpha * acc + (bias != nullptr ? bias[col] : 0.f);
+      if (beta != 0.f) v += beta * c[row * n + col];
+      c[row * n + col] = v;
+    }
   }
 }
 
@@ -86,14 +95,14 @@ class Gemm {
                 std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, float alpha, float beta,
                 const float* bias) {
     if (m == 0 || n == 0) return;
-    const Plan* plan = k > 0 ? find_plan(m, n, k, ta, tb, bias != nullptr, beta != 0.f) : nullptr;
+    const Plan* plan = k > 0 ? find_plan(m, n, k, ta, tb, bias != nullptr) : nullptr;
     if (plan == nullptr) {
       const dim3 block(kernels::kGemmTile, kernels::kGemmTile);
+      const std::ptrdiff_t row_tiles = (m + kernels::kGemmTile - 1) / kernels::kGemmTile;
       const dim3 grid(static_cast<unsigned>((n + kernels::kGemmTile - 1) / kernels::kGemmTile),
-                      static_cast<unsigned>((m + kernels::kGemmTile - 1) / kernels::kGemmTile));
-      kernels::gemm_tiled<<<grid, block, 0, stream()>>>(c, a16, b16, static_cast<int>(m),
-                                                        static_cast<int>(n), static_cast<int>(k),
-                                                        ta, tb, alpha, beta, bias);
+                      static_cast<unsigned>(std::min<std::ptrdiff_t>(row_tiles, kernels::kGemmMaxRowBlocks)));
+      kernels::gemm_tiled<<<grid, block, 0, stream()>>>(c, a16, b16, m, n, k, ta, tb, alpha, beta,
+                                                        bias);
       ABLATE_CUDA_CHECK_LAUNCH("gemm_tiled");
       return;
     }
@@ -117,28 +126,39 @@ class Gemm {
   std::size_t plans() const { return plans_.size(); }
 
  private:
+  // One shape's descriptors and algorithm; owns the descriptors (also when make_plan throws
+  // half-way).
   struct Plan {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t x = nullptr, y = nullptr, d = nullptr;
     cublasLtMatmulAlgo_t algo{};
     bool usable = false;
+
+    Plan() = default;
+    Plan(Plan&& o) noexcept
+        : op(std::exchange(o.op, nullptr)),
+          x(std::exchange(o.x, nullptr)),
+          y(std::exchange(o.y, nullptr)),
+          d(std::exchange(o.d, nullptr)),
+          algo(o.algo),
+          usable(o.usable) {}
+    Plan& operator=(Plan&&) = delete;
+    ~Plan() {
+      if (x != nullptr) (void)cublasLtMatrixLayoutDestroy(x);
+      if (y != nullptr) (void)cublasLtMatrixLayoutDestroy(y);
+      if (d != nullptr) (void)cublasLtMatrixLayoutDestroy(d);
+      if (op != nullptr) (void)cublasLtMatmulDescDestroy(op);
+    }
   };
-  using Key = std::tuple<std::ptrdiff_t, std::ptrdiff_t, std::ptrdiff_t, bool, bool, bool, bool>;
+  // Everything the descriptors and the heuristic's choice depend on (beta does not: C is D).
+  using Key = std::tuple<std::ptrdiff_t, std::ptrdiff_t, std::ptrdiff_t, bool, bool, bool>;
 
   Gemm() = default;
-  ~Gemm() {
-    for (auto& [key, p] : plans_) {
-      if (p.x != nullptr) (void)cublasLtMatrixLayoutDestroy(p.x);
-      if (p.y != nullptr) (void)cublasLtMatrixLayoutDestroy(p.y);
-      if (p.d != nullptr) (void)cublasLtMatrixLayoutDestroy(p.d);
-      if (p.op != nullptr) (void)cublasLtMatmulDescDestroy(p.op);
-    }
-  }
 
   // The plan for this shape, or null when cuBLASLt has no algorithm for it.
   const Plan* find_plan(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, bool ta, bool tb,
-                        bool bias, bool accumulate) {
-    const Key key{m, n, k, ta, tb, bias, accumulate};
+                        bool bias) {
+    const Key key{m, n, k, ta, tb, bias};
     auto it = plans_.find(key);
     if (it == plans_.end()) it = plans_.emplace(key, make_plan(m, n, k, ta, tb, bias)).first;
     return it->second.usable ? &it->second : nullptr;
@@ -169,8 +189,14 @@ class Gemm {
                                                  static_cast<std::int64_t>(ta ? m : k)));
     ABLATE_CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, u(n), u(m), static_cast<std::int64_t>(n)));
 
-    cublasLtMatmulPreference_t pref = nullptr;
-    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    struct Preference {
+      cublasLtMatmulPreference_t p = nullptr;
+      ~Preference() {
+        if (p != nullptr) (void)cublasLtMatmulPreferenceDestroy(p);
+      }
+    } preference;
+    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceCreate(&preference.p));
+    cublasLtMatmulPreference_t pref = preference.p;
     const std::size_t ws = Runtime::kWorkspaceBytes;
     ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
@@ -190,7 +216,6 @@ class Gemm {
     int found = 0;
     const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
         Runtime::get().lt(), p.op, p.x, p.y, p.d, p.d, pref, 1, &result, &found);
-    (void)cublasLtMatmulPreferenceDestroy(pref);
     if (status == CUBLAS_STATUS_SUCCESS && found > 0) {
       p.algo = result.algo;
       p.usable = true;

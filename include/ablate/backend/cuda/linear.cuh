@@ -6,6 +6,7 @@
 
 #include "ablate/backend/cuda/gemm.cuh"
 #include "ablate/backend/cuda/tensor.cuh"
+#include "ablate/core/operand_checks.hpp"
 
 namespace ablate::cuda {
 
@@ -36,6 +37,7 @@ struct LinearKernels {
 
   // y = x W^T (+ b).  `b` may be null.
   static void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b) {
+    checks::linear_forward(x, w, b, "linear_forward");
     y.resize(x.rows(), w.rows());
     gemm(y.data(), x.data(), false, w.data(), true, x.rows(), w.rows(), x.cols(), 1.f, 0.f,
          b != nullptr ? b->data() : nullptr);
@@ -46,6 +48,7 @@ struct LinearKernels {
   // logit gradient, the largest operand of the step.
   static void linear_backward(Tensor* dx, Tensor& dw, Tensor* db, const Tensor& dy,
                               const Tensor& x, const Tensor& w, bool accumulate_dx = false) {
+    checks::linear_backward(dx, dw, db, dy, x, w, accumulate_dx, "linear_backward");
     if (!accumulate_dx && dx != nullptr) dx->resize(dy.rows(), w.cols());
     if (db != nullptr) column_sum_add(*db, dy);
     if (dy.numel() == 0) {  // no products: dW and an accumulated dx unchanged, a fresh dx zero

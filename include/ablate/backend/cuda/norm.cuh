@@ -15,6 +15,7 @@
 #include <cstddef>
 
 #include "ablate/backend/cuda/tensor.cuh"
+#include "ablate/core/operand_checks.hpp"
 
 namespace ablate::cuda {
 
@@ -170,6 +171,7 @@ struct NormKernels {
 
   // y = x / rms(x) * w;  rstd[r] = 1 / sqrt(mean(x[r]^2) + eps)
   static void rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& w, double eps) {
+    checks::norm_parameters(x, w, "rmsnorm_forward");
     const std::ptrdiff_t n = x.rows(), d = x.cols();
     y.resize(n, d);
     rstd.resize(n, 1);
@@ -182,6 +184,7 @@ struct NormKernels {
   // dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * w;  dw += sum_r dy * xhat
   static void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x,
                                const Tensor& w, const Tensor& rstd) {
+    checks::norm_backward(dy, x, w, dw, rstd, "rmsnorm_backward");
     const std::ptrdiff_t n = x.rows(), d = x.cols();
     dx.resize(n, d);
     if (n == 0 || d == 0) return;
@@ -197,6 +200,8 @@ struct NormKernels {
   // y = (x - mean) * rstd * w + b
   static void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x,
                                 const Tensor& w, const Tensor& b, double eps) {
+    checks::norm_parameters(x, w, "layernorm_forward");
+    checks::norm_parameters(x, b, "layernorm_forward");
     const std::ptrdiff_t n = x.rows(), d = x.cols();
     y.resize(n, d);
     mean.resize(n, 1);
@@ -211,6 +216,9 @@ struct NormKernels {
   static void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
                                  const Tensor& x, const Tensor& w, const Tensor& mean,
                                  const Tensor& rstd) {
+    checks::norm_backward(dy, x, w, dw, rstd, "layernorm_backward");
+    checks::shape(db, 1, x.cols(), "layernorm_backward", "the bias gradient");
+    checks::shape(mean, x.rows(), 1, "layernorm_backward", "the saved means");
     const std::ptrdiff_t n = x.rows(), d = x.cols();
     dx.resize(n, d);
     if (n == 0 || d == 0) return;

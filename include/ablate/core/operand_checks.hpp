@@ -1,0 +1,87 @@
+// Operand checks shared by the backends' kernels: a block of the user's own, or a wrong shape
+// passed between blocks, gets an invalid_input naming the kernel and both shapes instead of a
+// GEMM or a row loop reading past the end of a tensor.  Templates on the tensor type (anything
+// with rows() and cols()), so the CPU and CUDA backends check exactly the same things.
+#pragma once
+
+#include <cstddef>
+
+#include "ablate/core/attention_shape.hpp"
+#include "ablate/core/error.hpp"
+
+namespace ablate::checks {
+
+// t is [rows, cols].
+template <class T>
+void shape(const T& t, std::ptrdiff_t rows, std::ptrdiff_t cols, const char* what,
+           const char* name) {
+  require(t.rows() == rows && t.cols() == cols, what, ": ", name, " is [", t.rows(), ", ",
+          t.cols(), "], expected [", rows, ", ", cols, "]");
+}
+
+// y = x W^T + b: x [N, in], w [out, in], b [1, out] or null.
+template <class T>
+void linear_forward(const T& x, const T& w, const T* b, const char* what) {
+  require(x.cols() == w.cols(), what, ": x is [", x.rows(), ", ", x.cols(), "] but the weight is [",
+          w.rows(), ", ", w.cols(), "] (in_features ", w.cols(), ")");
+  if (b != nullptr) shape(*b, 1, w.rows(), what, "the bias");
+}
+
+// The backward of linear_forward: dy [N, out] for the saved x [N, in]; dw like w, db like the
+// bias; an accumulated dx already [N, in].
+template <class T>
+void linear_backward(const T* dx, const T& dw, const T* db, const T& dy, const T& x, const T& w,
+                     bool accumulate_dx, const char* what) {
+  linear_forward(x, w, db, what);
+  shape(dy, x.rows(), w.rows(), what, "dy");
+  shape(dw, w.rows(), w.cols(), what, "the weight gradient");
+  if (dx != nullptr && accumulate_dx) shape(*dx, x.rows(), x.cols(), what, "the accumulated dx");
+}
+
+// A norm over the features of x [N, d] with per-feature parameters [1, d].
+template <class T>
+void norm_parameters(const T& x, const T& w, const char* what) {
+  shape(w, 1, x.cols(), what, "the weight");
+}
+
+// The backward of a norm: dy like x, the gradient like the weight, one saved statistic per row.
+template <class T>
+void norm_backward(const T& dy, const T& x, const T& w, const T& dw, const T& stat,
+                   const char* what) {
+  norm_parameters(x, w, what);
+  shape(dy, x.rows(), x.cols(), what, "dy");
+  shape(dw, 1, x.cols(), what, "the weight gradient");
+  shape(stat, x.rows(), 1, what, "the saved statistics");
+}
+
+// q, k [batch*seq, >= heads*qk_dim] and v [batch*seq, >= heads*v_dim] (a tensor may be wider
+// than its heads), a non-negative shape and a dropout probability in [0, 1).
+template <class T>
+void attention_inputs(const T& q, const T& k, const T& v, const AttentionShape& a,
+                      double dropout_p, const char* what) {
+  require(a.batch >= 0 && a.seq >= 0 && a.heads >= 0, what, ": negative shape (batch ", a.batch,
+          ", seq ", a.seq, ", heads ", a.heads, ")");
+  require(a.qk_dim >= 1 && a.v_dim >= 1, what, ": head dims must be >= 1, got qk_dim ", a.qk_dim,
+          " and v_dim ", a.v_dim);
+  require(dropout_p >= 0.0 && dropout_p < 1.0, what, ": dropout_p must be in [0, 1), got ",
+          dropout_p);
+  const std::ptrdiff_t rows = a.batch * a.seq;
+  const auto check = [&](const T& t, const char* name, std::ptrdiff_t dim) {
+    require(t.rows() == rows && t.cols() >= a.heads * dim, what, ": ", name, " is [", t.rows(),
+            ", ", t.cols(), "], expected [", rows, ", ", a.heads * dim, "] (batch ", a.batch,
+            " x seq ", a.seq, ", heads ", a.heads, " x dim ", dim, ")");
+  };
+  check(q, "q", a.qk_dim);
+  check(k, "k", a.qk_dim);
+  check(v, "v", a.v_dim);
+}
+
+// The upstream gradient of an attention call: [batch*seq, >= heads*v_dim].
+template <class T>
+void attention_dout(const T& dout, const AttentionShape& a, const char* what) {
+  const std::ptrdiff_t rows = a.batch * a.seq;
+  require(dout.rows() == rows && dout.cols() >= a.heads * a.v_dim, what, ": dout is [",
+          dout.rows(), ", ", dout.cols(), "], expected [", rows, ", ", a.heads * a.v_dim, "]");
+}
+
+}  // namespace ablate::checks

@@ -1,0 +1,131 @@
+// CPU backend kernels called directly, as a user's own block would call them: the fused
+// cross-entropy against its definition, NaN propagation, and the errors for ids and shapes
+// that would otherwise index outside a row or a table.
+#include <doctest/doctest.h>
+
+#include <ablate/ablate.hpp>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+namespace {
+
+using D = ablate::CPUBackend<double>;
+
+}  // namespace
+
+TEST_CASE("CPU cross-entropy: loss, hits and gradient by definition; NaN logits give NaN") {
+  D::Tensor logits(3, 5);
+  D::fill_uniform(logits, 3, 2.0);
+  logits(2, 1) = 9.0;  // row 2's maximum, at its target
+  const std::vector<std::int32_t> targets = {0, 4, 1};
+  D::Tensor dlogits;
+  const double scale = 0.25;
+  const ablate::LossSums sums = D::cross_entropy(logits, targets.data(), &dlogits, scale);
+
+  double loss = 0;
+  std::size_t hits = 0;
+  for (Eigen::Index r = 0; r < logits.rows(); ++r) {
+    const double lse = std::log(logits.row(r).array().exp().sum());
+    const auto t = static_cast<Eigen::Index>(targets[static_cast<std::size_t>(r)]);
+    loss += lse - logits(r, t);
+    Eigen::Index arg = 0;
+    logits.row(r).maxCoeff(&arg);
+    hits += arg == t;
+    for (Eigen::Index c = 0; c < logits.cols(); ++c) {
+      const double expected = scale * (std::exp(logits(r, c) - lse) - (c == t ? 1.0 : 0.0));
+      CHECK(dlogits(r, c) == doctest::Approx(expected).epsilon(1e-12));
+    }
+  }
+  CHECK(sums.loss_sum == doctest::Approx(loss).epsilon(1e-12));
+  CHECK(sums.correct == hits);
+  CHECK(sums.count == 3);
+
+  logits(1, 2) = std::numeric_limits<double>::quiet_NaN();
+  const ablate::LossSums nan_sums = D::cross_entropy(logits, targets.data(), &dlogits, scale);
+  CHECK(std::isnan(nan_sums.loss_sum));
+  CHECK(dlogits.row(1).array().isNaN().all());
+  CHECK(dlogits.row(0).array().isFinite().all());
+}
+
+TEST_CASE("CPU cross-entropy and embedding reject ids outside their table or row") {
+  D::Tensor logits(2, 5), dlogits;
+  D::set_zero(logits);
+  for (const std::int32_t bad : {-1, 5}) {
+    CAPTURE(bad);
+    const std::vector<std::int32_t> targets = {0, bad};
+    CHECK_THROWS_WITH_AS(D::cross_entropy(logits, targets.data(), &dlogits, 1.0),
+                         doctest::Contains("target id"), std::out_of_range);
+  }
+
+  D::Tensor table(4, 3), y, dy(2, 3);
+  D::set_zero(table);
+  D::set_zero(dy);
+  const std::vector<std::int32_t> bad_ids = {1, 4};
+  CHECK_THROWS_WITH_AS(D::embedding_forward(y, bad_ids.data(), 2, table, 1.0),
+                       doctest::Contains("token id 4 at row 1 is outside [0, 4)"), std::out_of_range);
+  CHECK_THROWS_AS(D::embedding_backward(table, bad_ids.data(), dy, 1.0), std::out_of_range);
+  const std::vector<std::int32_t> ids = {1, 3};
+  D::Tensor narrow(2, 2);
+  D::set_zero(narrow);
+  CHECK_THROWS_WITH_AS(D::embedding_backward(table, ids.data(), narrow, 1.0),
+                       doctest::Contains("dy has 2 columns"), ablate::invalid_input);
+  D::embedding_backward(table, ids.data(), dy, 1.0);  // the right shapes still work
+  CHECK(table.isZero(0));
+}
+
+TEST_CASE("CPU linear, norm and attention kernels reject operands of the wrong shape") {
+  const auto zeros = [](Eigen::Index rows, Eigen::Index cols) {
+    D::Tensor t(rows, cols);
+    t.setZero();
+    return t;
+  };
+  const D::Tensor x = zeros(6, 4), w = zeros(3, 4), b = zeros(1, 3), dy = zeros(6, 3);
+  D::Tensor y, dx, dw = zeros(3, 4), db = zeros(1, 3);
+  const auto invalid = [](auto&& call, const char* text) {
+    CHECK_THROWS_WITH_AS(call(), doctest::Contains(text), ablate::invalid_input);
+  };
+  invalid([&] { D::linear_forward(y, zeros(6, 5), w, &b); }, "x is [6, 5] but the weight is [3, 4]");
+  const D::Tensor column_bias = zeros(3, 1);
+  invalid([&] { D::linear_forward(y, x, w, &column_bias); }, "the bias is [3, 1]");
+  invalid([&] { D::linear_backward(&dx, dw, &db, zeros(6, 2), x, w); }, "dy is [6, 2]");
+  invalid([&] { D::linear_backward(&dx, dw, &db, zeros(5, 3), x, w); }, "dy is [5, 3]");
+  D::Tensor wrong_dw = zeros(4, 3);
+  invalid([&] { D::linear_backward(&dx, wrong_dw, &db, dy, x, w); }, "the weight gradient is [4, 3]");
+  D::Tensor small_dx = zeros(6, 3);
+  invalid([&] { D::linear_backward(&small_dx, dw, &db, dy, x, w, /*accumulate_dx=*/true); },
+          "the accumulated dx is [6, 3]");
+  D::linear_backward(&dx, dw, &db, dy, x, w);  // the right shapes still work
+
+  D::Tensor rstd, mean, nw = zeros(1, 4), ndw = zeros(1, 4), ndb = zeros(1, 4);
+  invalid([&] { D::rmsnorm_forward(y, rstd, x, zeros(1, 3), 1e-6); }, "the weight is [1, 3]");
+  D::rmsnorm_forward(y, rstd, x, nw, 1e-6);
+  invalid([&] { D::rmsnorm_backward(dx, ndw, zeros(6, 3), x, nw, rstd); }, "dy is [6, 3]");
+  invalid([&] { D::rmsnorm_backward(dx, ndw, x, x, nw, zeros(5, 1)); }, "the saved statistics");
+  invalid([&] { D::layernorm_forward(y, mean, rstd, x, nw, zeros(1, 5), 1e-6); },
+          "the weight is [1, 5]");
+  D::layernorm_forward(y, mean, rstd, x, nw, nw, 1e-6);
+  invalid([&] { D::layernorm_backward(dx, ndw, ndb, x, x, nw, zeros(6, 2), rstd); },
+          "the saved means");
+
+  ablate::AttentionShape a;
+  a.batch = 2;
+  a.seq = 3;
+  a.heads = 2;
+  a.qk_dim = 2;
+  a.v_dim = 2;
+  D::Tensor out, probs, dq, dk, dv;
+  const D::Tensor qkv = zeros(6, 4);
+  invalid([&] { D::attention_forward(out, probs, zeros(5, 4), qkv, qkv, a, 0.0, 1); },
+          "q is [5, 4], expected [6, 4]");
+  invalid([&] { D::attention_forward(out, probs, qkv, zeros(6, 3), qkv, a, 0.0, 1); },
+          "k is [6, 3]");
+  invalid([&] { D::attention_forward(out, probs, qkv, qkv, qkv, a, 1.0, 1); }, "dropout_p");
+  D::attention_forward(out, probs, qkv, qkv, qkv, a, 0.0, 1);
+  invalid([&] { D::attention_backward(dq, dk, dv, zeros(6, 3), probs, qkv, qkv, qkv, a, 0.0, 1); },
+          "dout is [6, 3]");
+  invalid([&] { D::attention_backward(dq, dk, dv, qkv, zeros(12, 2), qkv, qkv, qkv, a, 0.0, 1); },
+          "the saved probabilities");
+}
