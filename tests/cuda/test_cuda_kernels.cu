@@ -229,6 +229,31 @@ TEST_CASE("cuda kernels: cross-entropy matches the CPU backend, ties going to th
   CHECK(dempty.rows() == 0);
 }
 
+TEST_CASE("cuda kernels: uploads through one pinned slot arrive intact, past the ring's depth") {
+  // More uploads than the ring has buffers, each host array overwritten right after its call,
+  // then one read-back of them all: every device copy holds what was passed.
+  constexpr int kUploads = 3 * ablate::cuda::PinnedStage::kDepth + 1;
+  constexpr std::size_t kLength = 1000;
+  std::vector<ablate::cuda::DeviceBuffer<std::int32_t>> device(kUploads);
+  std::vector<std::int32_t> host(kLength);
+  for (int u = 0; u < kUploads; ++u) {
+    device[static_cast<std::size_t>(u)].reserve(kLength + static_cast<std::size_t>(u));
+    for (std::size_t i = 0; i < host.size(); ++i) host[i] = u * 10000 + static_cast<std::int32_t>(i);
+    ablate::cuda::upload<std::int32_t, 90>(device[static_cast<std::size_t>(u)].data(), host.data(),
+                                           kLength);
+    std::fill(host.begin(), host.end(), -1);
+  }
+  for (int u = 0; u < kUploads; ++u) {
+    std::vector<std::int32_t> back(kLength);
+    ablate::cuda::copy_to_host(back.data(), device[static_cast<std::size_t>(u)].data(), kLength);
+    bool intact = true;
+    for (std::size_t i = 0; i < kLength; ++i)
+      intact = intact && back[i] == u * 10000 + static_cast<std::int32_t>(i);
+    CAPTURE(u);
+    CHECK(intact);
+  }
+}
+
 TEST_CASE("cuda kernels: embedding forward/backward match the CPU backend with repeated ids") {
   constexpr std::ptrdiff_t kVocab = 1000;
   for (auto [n, dim] : {std::tuple{37, 19}, std::tuple{513, 300}}) {

@@ -195,12 +195,12 @@ std::pair<CPU::Indices, GpuIndices> routing(int n, int e, int k, int empty, std:
 }  // namespace
 
 TEST_CASE("cuda moe: expert counts and the dispatch plan match the CPU exactly") {
-  // (tokens, experts, k, expert without tokens): many chunks (~100k slots), E = 256, K = 1,
-  // K = E, a single token, no tokens.
+  // (tokens, experts, k, expert without tokens): many chunks (~100k slots), E = 256, more
+  // experts than the plan kernels' threads (E = 300), K = 1, K = E, a single token, no tokens.
   for (auto [n, e, k, empty] :
        {std::tuple{1000, 8, 2, 3}, std::tuple{12289, 64, 8, 63}, std::tuple{3001, 256, 1, 0},
-        std::tuple{300, 256, 8, 17}, std::tuple{50, 16, 16, -1}, std::tuple{1, 4, 4, -1},
-        std::tuple{1, 6, 2, 5}, std::tuple{0, 8, 2, -1}}) {
+        std::tuple{300, 256, 8, 17}, std::tuple{2000, 300, 4, 7}, std::tuple{50, 16, 16, -1},
+        std::tuple{1, 4, 4, -1}, std::tuple{1, 6, 2, 5}, std::tuple{0, 8, 2, -1}}) {
     CAPTURE(n);
     CAPTURE(e);
     CAPTURE(k);
@@ -234,7 +234,8 @@ TEST_CASE("cuda moe: expert counts and the dispatch plan match the CPU exactly")
       CUDA::moe_expert_counts(after, *source, E);
       CHECK(after == counts);
     }
-    // Stability spelled out: slots ascending within each expert, rows = slot / k.
+    // Stability spelled out on the plan both backends produced (equal above): slots ascending
+    // within each expert, rows = slot / k.
     const std::vector<std::int32_t> hs = slots, hr = rows;
     bool stable = true;
     for (std::size_t x = 0; x < E; ++x)

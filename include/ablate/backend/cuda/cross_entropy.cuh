@@ -140,7 +140,7 @@ struct CrossEntropyKernels {
     if (n == 0) return out;
     const auto rows = static_cast<std::size_t>(n);
     std::int32_t* device_targets = scratch<std::int32_t, 34>(rows);
-    copy_to_device(device_targets, targets, rows);
+    upload<std::int32_t, 34>(device_targets, targets, rows);
     // [row losses | row hits | the two sums]
     double* sums = scratch<double, 35>(2 * rows + 2);
     kernels::xent::rows<<<static_cast<unsigned>(n), kernels::xent::row_threads(v), 0, stream()>>>(

@@ -61,7 +61,7 @@ struct EmbeddingKernels {
     check_ids(ids, static_cast<std::size_t>(n), static_cast<std::size_t>(table.rows()),
               "ablate::CUDA embedding_forward: token id");
     std::int32_t* device_ids = scratch<std::int32_t, 32>(static_cast<std::size_t>(n));
-    copy_to_device(device_ids, ids, static_cast<std::size_t>(n));
+    upload<std::int32_t, 32>(device_ids, ids, static_cast<std::size_t>(n));
     kernels::embed::Elementwise::launch(kernels::embed::forward, y.numel(), y.data(), device_ids,
                                         table.data(), d, y.numel(), static_cast<float>(scale));
   }
@@ -100,7 +100,7 @@ struct EmbeddingKernels {
     for (std::ptrdiff_t r = 0; r < n; ++r) rows[next[static_cast<std::size_t>(ids[r])]++] = static_cast<std::int32_t>(r);
 
     std::int32_t* device_plan = scratch<std::int32_t, 33>(plan.size());
-    copy_to_device(device_plan, plan.data(), plan.size());
+    upload<std::int32_t, 33>(device_plan, plan.data(), plan.size());
     const auto threads = static_cast<int>(std::clamp<std::ptrdiff_t>((d + kWarp - 1) / kWarp * kWarp, kWarp, kThreads));
     kernels::embed::backward<<<static_cast<unsigned>(distinct), threads, 0, stream()>>>(
         dtable.data(), device_plan, device_plan + n, device_plan + n + distinct + 1, dy.data(), d,

@@ -610,7 +610,7 @@ struct MoEKernels {
       delta[e] = static_cast<float>(rate * sign);
     }
     float* device_delta = scratch<float, 22>(delta.size());
-    copy_to_device(device_delta, delta.data(), delta.size());
+    upload<float, 36>(device_delta, delta.data(), delta.size());
     moe_elementwise("moe balance_bias", kernels::moe::add_vector, delta.size(), bias.data(),
                     static_cast<const float*>(device_delta), delta.size());
   }
