@@ -16,7 +16,7 @@ using D = ablate::CPUBackend<double>;
 
 }  // namespace
 
-TEST_CASE("CPU cross-entropy: loss, hits and gradient by definition; NaN logits give NaN") {
+TEST_CASE("CPU cross-entropy: loss, hits and gradient by definition, and NaN logits give NaN") {
   D::Tensor logits(3, 5);
   D::fill_uniform(logits, 3, 2.0);
   logits(2, 1) = 9.0;  // row 2's maximum, at its target
