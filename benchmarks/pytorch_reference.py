@@ -595,6 +595,10 @@ def bench_environment(device):
     return env
 
 
+class AblateBenchFailed(Exception):
+    """bench_cuda failed or left no report: the PyTorch runs go on without the ablate column."""
+
+
 def run_ablate_bench(path, models, device):
     if not os.path.isfile(path):
         fail(f"--ablate-bench: no such file: {path} (build the project's bench_cuda first)")
@@ -614,10 +618,10 @@ def run_ablate_bench(path, models, device):
             done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env=bench_environment(device))
         except OSError as error:
-            fail(f"--ablate-bench: cannot run {path}: {error}")
+            raise AblateBenchFailed(f"cannot run {path}: {error}") from error
         if done.returncode != 0:
-            fail(f"--ablate-bench: {path} exited with status {done.returncode}; the end of its output:\n"
-                 + tail(done.stderr or done.stdout))
+            raise AblateBenchFailed(f"{path} exited with status {done.returncode}; the end of its "
+                                    "output:\n" + tail(done.stderr or done.stdout))
         text = ""
         if os.path.isfile(out_file):
             with open(out_file, encoding="utf-8") as f:
@@ -627,8 +631,25 @@ def run_ablate_bench(path, models, device):
     try:
         report = json.loads(text)
     except json.JSONDecodeError as error:
-        fail(f"--ablate-bench: {path} wrote no readable JSON report ({error}); the end of its output:\n"
-             + tail(done.stderr or done.stdout))
+        raise AblateBenchFailed(f"{path} wrote no readable JSON report ({error}); the end of its "
+                                "output:\n" + tail(done.stderr or done.stdout)) from error
+    return ablate_rates(report, models)
+
+
+def read_ablate_json(path, models):
+    """The rates of a bench_cuda JSON report written earlier (--benchmark_out)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except OSError as error:
+        fail(f"--ablate-json: cannot read {path}: {error}")
+    except json.JSONDecodeError as error:
+        raise AblateBenchFailed(f"{path} is not a readable JSON report ({error})") from error
+    return ablate_rates(report, models)
+
+
+def ablate_rates(report, models):
+    """({model: tokens/s}, the report's context), saying which models have no rate and why."""
     rates, errors = parse_ablate_report(report)
     for model in models:
         if model in errors:
@@ -714,6 +735,9 @@ def parse_args(argv=None):
     parser.add_argument("--ablate-bench", metavar="PATH",
                         help="ablate's built bench_cuda program: run its BM_TrainStep benchmarks "
                              "and print their tokens/s beside PyTorch's")
+    parser.add_argument("--ablate-json", metavar="FILE",
+                        help="instead of running bench_cuda, read the JSON report it wrote earlier "
+                             "(--benchmark_out=FILE --benchmark_out_format=json)")
     parser.add_argument("--markdown", metavar="FILE",
                         help="also write the table as Markdown to FILE (overwritten)")
     args = parser.parse_args(argv)
@@ -721,6 +745,8 @@ def parse_args(argv=None):
         parser.error("--steps and --warmup must be at least 1")
     if args.no_compile and args.max_autotune:
         parser.error("--max-autotune times a compiled model: drop --no-compile")
+    if args.ablate_bench and args.ablate_json:
+        parser.error("--ablate-bench runs bench_cuda, --ablate-json reads its report: give one")
     return args
 
 
@@ -753,10 +779,18 @@ def main(argv=None):
     tokens = cfg.batch * cfg.seq
     gpu = torch.cuda.get_device_name(device)
 
-    # ablate first: it fails fast on a bad path, and runs while the GPU is otherwise idle.
-    ablate = {}
-    if args.ablate_bench:
-        ablate, _ = run_ablate_bench(args.ablate_bench, args.models, device)
+    # ablate first: it fails fast on a bad path, and runs while the GPU is otherwise idle.  If
+    # bench_cuda fails, PyTorch is still timed and the run ends with status 1.
+    ablate, failures = {}, 0
+    with_ablate = bool(args.ablate_bench or args.ablate_json)
+    try:
+        if args.ablate_bench:
+            ablate, _ = run_ablate_bench(args.ablate_bench, args.models, device)
+        elif args.ablate_json:
+            ablate, _ = read_ablate_json(args.ablate_json, args.models)
+    except AblateBenchFailed as error:
+        failures += 1
+        print(f"ablate: {error}\nablate: going on without ablate's numbers", file=sys.stderr)
 
     has_muon = hasattr(torch.optim, "Muon")
     optimizer_text = "Muon + AdamW" if has_muon else "AdamW only"
@@ -772,14 +806,14 @@ def main(argv=None):
     titles = {"eager": "PyTorch eager tok/s", "compile": "torch.compile tok/s",
               "autotune": "torch.compile max-autotune tok/s", "ablate": "ablate tok/s"}
     columns = [(key, titles[key]) for key, _ in runs]
-    if args.ablate_bench:
+    if with_ablate:
         columns.append(("ablate", titles["ablate"]))
 
     print(f"GPU {gpu}, PyTorch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"batch {cfg.batch} x {cfg.seq} = {tokens} tokens per step, bf16 autocast, {optimizer_text}, "
           f"median of {args.steps} steps after {args.warmup} warm-up steps", flush=True)
 
-    rows, failures = [], 0
+    rows = []
     for name in args.models:
         model = build_model(name, cfg, torch.device("meta"))
         params = parameter_count(model)
@@ -813,7 +847,7 @@ def main(argv=None):
         text = (f"GPU: {gpu}; PyTorch {torch.__version__} (CUDA {torch.version.cuda}); batch "
                 f"{cfg.batch} x {cfg.seq} tokens, bf16 autocast, {optimizer_text}; PyTorch: median of "
                 f"{args.steps} steps after {args.warmup} warm-up steps"
-                + ("; ablate: bench_cuda BM_TrainStep, median of 3 repetitions" if args.ablate_bench else "")
+                + ("; ablate: bench_cuda BM_TrainStep, median of 3 repetitions" if with_ablate else "")
                 + ".\n\n" + markdown_table(header, body) + "\n")
         with open(args.markdown, "w", encoding="utf-8") as f:
             f.write(text)

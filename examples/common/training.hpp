@@ -118,9 +118,13 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
   double recent_loss = NAN;
   progress.begin(plan.label, plan.steps);
   for (std::size_t b = 1; b <= plan.steps; ++b) {
+    const bool last = b == plan.steps, evaluate = b % plan.eval_every == 0 || last;
     const auto t0 = Clock::now();
     detail::to_tokens(inputs, targets, sampler.next());
     const ablate::TrainStep step = trainer.step(inputs, targets);
+    // A device backend may still be running the step's backward: the next step's loss read-back
+    // waits for it, so only the time before an evaluation needs the wait.
+    if (evaluate) B::synchronize();
     result.train_time_s += std::chrono::duration<double>(Clock::now() - t0).count();
     loss_sum += step.stats.loss;
     ++loss_count;
@@ -128,8 +132,7 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
     progress.update(b, recent_loss,
                     static_cast<double>(b * tokens_per_batch) / std::max(1e-9, result.train_time_s));
 
-    const bool last = b == plan.steps;
-    if (b % plan.eval_every == 0 || last) {
+    if (evaluate) {
       const auto e0 = Clock::now();
       EvalPoint point;
       point.batch = b;

@@ -32,6 +32,8 @@ struct CUDABackend : cuda::TensorKernels,
   using Tensor = cuda::Tensor;
   static constexpr const char* name = "cuda";
   static constexpr bool host_memory = false;  // Tensor::data() is device memory
+  // Waits until the queued GPU work is done (wall-clock timing of a step).
+  static void synchronize() { cuda::Runtime::get().synchronize(); }
 };
 
 using CUDA = CUDABackend;
