@@ -172,7 +172,7 @@ step_golden() {
   need_python torch transformers safetensors || return 77
   limited "$python" "$root/tests/reference/make_golden.py" --out "$out/golden"
 }
-step_tests() { need "$tests_bin" && ablate "$tests_bin" --duration=true; }
+step_tests() { need "$tests_bin" && ABLATE_REQUIRE_GPU=1 ablate "$tests_bin" --duration=true; }
 step_memcheck() {
   need "$tests_bin" || return 77
   local sanitizer
@@ -180,7 +180,7 @@ step_memcheck() {
   [[ -x "$sanitizer" ]] || { echo "compute-sanitizer not found" >&2; return 77; }
   # The deliberate error of the out-of-memory / bad-copy test is not a memory error; the
   # training-curve test is left out because memcheck makes it take many minutes.
-  ablate "$sanitizer" --tool memcheck --error-exitcode 1 --leak-check no \
+  ABLATE_REQUIRE_GPU=1 ablate "$sanitizer" --tool memcheck --error-exitcode 1 --leak-check no \
     "$tests_bin" --test-case-exclude='*200-step*,*errors name the failing call*' 2>&1 |
     tee "$out/memcheck.raw"
   local status=${PIPESTATUS[0]}

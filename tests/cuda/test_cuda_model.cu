@@ -25,6 +25,13 @@ using DenseMLA = Architecture<Attention<MLA>, FFN<GatedMLP>, Norm<RMS>>;
 using Glm4MHA = Architecture<Attention<MHA>, FFN<Glm4MoE<8, 2>>, Norm<RMS>>;
 using Glm4MLA = Architecture<Attention<MLA>, FFN<Glm4MoE<8, 2>>, Norm<RMS>>;
 
+// The gradient test hands the GPU's routing of every MoE layer to the CPU reference through
+// this expression; were it to stop compiling (a rename), the replay would silently be skipped.
+template <class Arch>
+constexpr bool exposes_routing =
+    requires(Model<Arch, CUDA>& m) { m.layers().front().ffn().routing_indices(); };
+static_assert(exposes_routing<Baseline> && exposes_routing<Glm4MHA> && exposes_routing<Glm4MLA>);
+
 ModelConfig small_config(double dropout = 0.0) {
   ModelConfig cfg;
   cfg.vocab_size = 96;
@@ -129,7 +136,7 @@ void check_loss_and_gradients(double dropout) {
   const LossStats g = gpu.forward_backward(inputs, targets);
   ReplayCPU::forced.clear();
   ReplayCPU::replaced = ReplayCPU::tokens = 0;
-  if constexpr (requires(Model<Arch, CUDA>& m) { m.layers().front().ffn().routing_indices(); })
+  if constexpr (exposes_routing<Arch>)
     for (const auto& layer : gpu.layers()) ReplayCPU::forced.push_back(layer.ffn().routing_indices().to_host());
   const LossStats c = cpu.forward_backward(inputs, targets);
   CHECK(ReplayCPU::forced.empty());  // every MoE layer took the GPU's routing

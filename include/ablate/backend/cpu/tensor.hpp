@@ -4,9 +4,11 @@
 
 #include <Eigen/Core>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "ablate/core/error.hpp"
 #include "ablate/core/parallel.hpp"
 #include "ablate/core/random.hpp"
 
@@ -79,7 +81,10 @@ struct TensorKernels {
     for (Eigen::Index i = 0; i < t.size(); ++i) out[static_cast<std::size_t>(i)] = t.data()[i];
     return out;
   }
+  // t = v, element for element (v holds t's size of values, row-major).
   static void from_host(Tensor& t, const std::vector<double>& v) {
+    require(v.size() == static_cast<std::size_t>(t.size()), "from_host: ", v.size(),
+            " values for a [", t.rows(), ", ", t.cols(), "] tensor");
     for (Eigen::Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<S>(v[static_cast<std::size_t>(i)]);
   }
 };

@@ -13,6 +13,7 @@
 
 #include "ablate/backend/cuda/buffer.cuh"
 #include "ablate/backend/cuda/launch.cuh"
+#include "ablate/core/error.hpp"
 #include "ablate/core/random.hpp"
 
 namespace ablate::cuda {
@@ -206,12 +207,21 @@ struct TensorKernels {
     copy_to_host(f.data(), t.data(), f.size());
     return {f.begin(), f.end()};
   }
+  // t = v, element for element (v holds t's size of values, row-major).  Small ones (a
+  // router's per-expert row, every step) go up through the pinned ring without a stream sync.
   static void from_host(Tensor& t, const std::vector<double>& v) {
-    std::vector<float> f(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(t.numel()));
-    copy_to_device(t.data(), f.data(), f.size());
+    require(v.size() == t.numel(), "from_host: ", v.size(), " values for a [", t.rows(), ", ",
+            t.cols(), "] tensor");
+    const std::vector<float> f(v.begin(), v.end());
+    if (f.size() <= kSmallUpload)
+      upload<float, 37>(t.data(), f.data(), f.size());
+    else
+      copy_to_device(t.data(), f.data(), f.size());
   }
 
  protected:
+  static constexpr std::size_t kSmallUpload = 1 << 14;  // floats: 64 KiB of pinned ring buffer
+
   // Element-wise launch over n elements (nothing to do for n == 0).
   template <class... Params, class... Args>
   static void launch(void (*kernel)(Params...), std::size_t n, Args&&... args) {
