@@ -87,6 +87,13 @@ TEST_CASE("cuda: linear forward/backward and GEMMs match the CPU backend within 
     CUDA::gram(ggram, gx);
     CHECK(relative_error(gm, m) < kBf16Tolerance);
     CHECK(relative_error(ggram, gram) < kBf16Tolerance);
+    // d = alpha a b + beta c: the combination in the GEMM's epilogue, c a separate tensor.
+    const CpuTensor c = random_tensor(n, out, 14);
+    CpuTensor d;
+    GpuTensor gd;
+    CPU::matmul_add(d, x, w.transpose().eval(), 0.5, c, -2.0);
+    CUDA::matmul_add(gd, gx, to_gpu(w.transpose().eval()), 0.5, to_gpu(c), -2.0);
+    CHECK(relative_error(gd, d) < kBf16Tolerance);
   }
 }
 

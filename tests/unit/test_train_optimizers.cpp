@@ -126,6 +126,19 @@ TEST_CASE("train: Newton-Schulz orthogonalises") {
   REQUIRE(y.rows() == 16);
   REQUIRE(y.cols() == 8);
   CHECK((y - x.transpose()).cwiseAbs().maxCoeff() < 1e-15);
+
+  // The iteration as Keller Jordan's reference writes it, a separate product or sum per line:
+  // the fused matmul_add rounds exactly as these do on the CPU.
+  Tensor r = g;
+  B::normalize_frobenius(r, 1e-7);
+  for (int i = 0; i < 5; ++i) {
+    const Tensor a = r * r.transpose();
+    const Tensor aa = a * a;
+    const Tensor b = 2.0315 * aa + -4.7750 * a;
+    const Tensor br = b * r;
+    r = 3.4445 * r + br;
+  }
+  CHECK(x == r);
 }
 
 TEST_CASE("train: Muon scales the update by sqrt(max(1, rows/cols))") {

@@ -38,6 +38,13 @@ void linear_backward(const T* dx, const T& dw, const T* db, const T& dy, const T
   if (dx != nullptr && accumulate_dx) shape(*dx, x.rows(), x.cols(), what, "the accumulated dx");
 }
 
+// c = a b: a [m, k], b [k, n].
+template <class T>
+void matmul(const T& a, const T& b, const char* what) {
+  require(a.cols() == b.rows(), what, ": a is [", a.rows(), ", ", a.cols(), "] but b is [",
+          b.rows(), ", ", b.cols(), "]");
+}
+
 // A norm over the features of x [N, d] with per-feature parameters [1, d].
 template <class T>
 void norm_parameters(const T& x, const T& w, const char* what) {

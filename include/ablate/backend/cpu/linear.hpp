@@ -37,8 +37,20 @@ struct LinearKernels {
 
   // c = a b (plain GEMM; used by optimizers).
   static void matmul(Tensor& c, const Tensor& a, const Tensor& b) {
+    checks::matmul(a, b, "matmul");
     c.resize(a.rows(), b.cols());
     c.noalias() = a * b;
+  }
+  // d = alpha a b + beta c, c shaped like a b; d must not alias a, b or c.  The product is
+  // rounded first, then combined as y = alpha*y + beta*c (the CUDA backend does the combination
+  // in its GEMM's epilogue).
+  static void matmul_add(Tensor& d, const Tensor& a, const Tensor& b, double alpha,
+                         const Tensor& c, double beta) {
+    checks::matmul(a, b, "matmul_add");
+    checks::shape(c, a.rows(), b.cols(), "matmul_add", "c");
+    d.resize(a.rows(), b.cols());
+    d.noalias() = a * b;
+    d = static_cast<S>(alpha) * d + static_cast<S>(beta) * c;
   }
   // c = a a^T
   static void gram(Tensor& c, const Tensor& a) {

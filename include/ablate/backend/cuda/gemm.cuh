@@ -37,7 +37,8 @@ constexpr int kGemmTile = 16;
 constexpr unsigned kGemmMaxRowBlocks = 65535;
 ABLATE_KERNEL void gemm_tiled(float* c, const __nv_bfloat16* a, const __nv_bfloat16* b,
                               std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, bool ta,
-                              bool tb, float alpha, float beta, const float* bias) {
+                              bool tb, float alpha, float beta, const float* bias,
+                              const float* c_in) {
   __shared__ float as[kGemmTile][kGemmTile + 1];
   __shared__ float bs[kGemmTile][kGemmTile + 1];
   const std::ptrdiff_t col = blockIdx.x * static_cast<std::ptrdiff_t>(kGemmTile) + threadIdx.x;
@@ -57,7 +58,7 @@ ABLATE_KERNEL void gemm_tiled(float* c, const __nv_bfloat16* a, const __nv_bfloa
     }
     if (row < m && col < n) {
       float v = alpha * acc + (bias != nullptr ? bias[col] : 0.f);
-      if (beta != 0.f) v += beta * c[row * n + col];
+      if (beta != 0.f) v += beta * c_in[row * n + col];
       c[row * n + col] = v;
     }
   }
@@ -74,27 +75,30 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
-  // c is [m, n] row-major; a is [m, k] ([k, m] if ta); b is [k, n] ([n, k] if tb).
+  // c = alpha op(a) op(b) + beta c_in (+ bias per column): c is [m, n] row-major; a is [m, k]
+  // ([k, m] if ta); b is [k, n] ([n, k] if tb); c_in, shaped like c, is c itself when null.
   void run(float* c, const float* a, bool ta, const float* b, bool tb, std::ptrdiff_t m,
-           std::ptrdiff_t n, std::ptrdiff_t k, float alpha, float beta, const float* bias) {
+           std::ptrdiff_t n, std::ptrdiff_t k, float alpha, float beta, const float* bias,
+           const float* c_in = nullptr) {
     if (m == 0 || n == 0) return;
     const std::size_t a_n = static_cast<std::size_t>(m * k), b_n = static_cast<std::size_t>(k * n);
     __nv_bfloat16* a16 = scratch<__nv_bfloat16, 0>(a_n > 0 ? a_n : 1);
     convert(a16, a, a_n);
     if (b == a && b_n == a_n) {  // X X^T, A A (Newton-Schulz): one rounding serves both
-      run_bf16(c, a16, ta, a16, tb, m, n, k, alpha, beta, bias);
+      run_bf16(c, a16, ta, a16, tb, m, n, k, alpha, beta, bias, c_in);
       return;
     }
     __nv_bfloat16* b16 = scratch<__nv_bfloat16, 1>(b_n > 0 ? b_n : 1);
     convert(b16, b, b_n);
-    run_bf16(c, a16, ta, b16, tb, m, n, k, alpha, beta, bias);
+    run_bf16(c, a16, ta, b16, tb, m, n, k, alpha, beta, bias, c_in);
   }
 
   // The same on operands already in bf16.
   void run_bf16(float* c, const __nv_bfloat16* a16, bool ta, const __nv_bfloat16* b16, bool tb,
                 std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, float alpha, float beta,
-                const float* bias) {
+                const float* bias, const float* c_in = nullptr) {
     if (m == 0 || n == 0) return;
+    if (c_in == nullptr) c_in = c;
     const Plan* plan = k > 0 ? find_plan(m, n, k, ta, tb, bias != nullptr) : nullptr;
     if (plan == nullptr) {
       const dim3 block(kernels::kGemmTile, kernels::kGemmTile);
@@ -102,7 +106,7 @@ class Gemm {
       const dim3 grid(static_cast<unsigned>((n + kernels::kGemmTile - 1) / kernels::kGemmTile),
                       static_cast<unsigned>(std::min<std::ptrdiff_t>(row_tiles, kernels::kGemmMaxRowBlocks)));
       kernels::gemm_tiled<<<grid, block, 0, stream()>>>(c, a16, b16, m, n, k, ta, tb, alpha, beta,
-                                                        bias);
+                                                        bias, c_in);
       ABLATE_CUDA_CHECK_LAUNCH("gemm_tiled");
       return;
     }
@@ -110,8 +114,9 @@ class Gemm {
       ABLATE_CUDA_CHECK(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                        &bias, sizeof(bias)));
     Runtime& rt = Runtime::get();
-    ABLATE_CUDA_CHECK(cublasLtMatmul(rt.lt(), plan->op, &alpha, b16, plan->x, a16, plan->y, &beta, c,
-                                     plan->d, c, plan->d, &plan->algo, rt.workspace(),
+    // C (c_in) and D (c) share one layout; C == D is cuBLASLt's in-place case.
+    ABLATE_CUDA_CHECK(cublasLtMatmul(rt.lt(), plan->op, &alpha, b16, plan->x, a16, plan->y, &beta,
+                                     c_in, plan->d, c, plan->d, &plan->algo, rt.workspace(),
                                      Runtime::kWorkspaceBytes, stream()));
   }
 

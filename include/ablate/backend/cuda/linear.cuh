@@ -71,8 +71,19 @@ struct LinearKernels {
 
   // c = a b (plain GEMM; used by optimizers).
   static void matmul(Tensor& c, const Tensor& a, const Tensor& b) {
+    checks::matmul(a, b, "matmul");
     c.resize(a.rows(), b.cols());
     gemm(c.data(), a.data(), false, b.data(), false, a.rows(), b.cols(), a.cols());
+  }
+  // d = alpha a b + beta c, c shaped like a b; d must not alias a, b or c.  One GEMM: the
+  // combination is its epilogue (beta C with C != D).
+  static void matmul_add(Tensor& d, const Tensor& a, const Tensor& b, double alpha,
+                         const Tensor& c, double beta) {
+    checks::matmul(a, b, "matmul_add");
+    checks::shape(c, a.rows(), b.cols(), "matmul_add", "c");
+    d.resize(a.rows(), b.cols());
+    Gemm::get().run(d.data(), a.data(), false, b.data(), false, a.rows(), b.cols(), a.cols(),
+                    static_cast<float>(alpha), static_cast<float>(beta), nullptr, c.data());
   }
   // c = a a^T
   static void gram(Tensor& c, const Tensor& a) {
