@@ -24,7 +24,12 @@ inline void* allocate(std::size_t bytes) {
 }
 
 inline void release(void* p) noexcept {
-  if (p != nullptr) (void)cudaFreeAsync(p, stream());
+  if (p == nullptr) return;
+  if (runtime_destroyed()) {
+    (void)cudaFree(p);  // at exit, after the runtime and its stream
+    return;
+  }
+  (void)cudaFreeAsync(p, stream());
 }
 
 template <class T>

@@ -23,6 +23,14 @@ inline int device_count() {
   return n;
 }
 
+// True once the Runtime has been destroyed (at exit): memory that outlives it (a static tensor
+// of the program's own) is then freed without it.  A trivially destructible static, so it can
+// be read at any point of the exit sequence.
+inline bool& runtime_destroyed() {
+  static bool destroyed = false;
+  return destroyed;
+}
+
 class Runtime {
  public:
   static Runtime& get() {
@@ -68,8 +76,8 @@ class Runtime {
   }
   ~Runtime() {
     // Destructors must not throw; at process exit the driver may already be shutting down.
-    // The handles are cleared so that a late free (a buffer outliving the runtime) goes to the
-    // default stream instead of a destroyed one.
+    // A late free (a buffer outliving the runtime) sees runtime_destroyed() and uses cudaFree.
+    runtime_destroyed() = true;
     if (workspace_ != nullptr) (void)cudaFree(workspace_);
     if (lt_ != nullptr) (void)cublasLtDestroy(lt_);
     if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
