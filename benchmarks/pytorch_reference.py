@@ -643,7 +643,7 @@ def read_ablate_json(path, models):
             report = json.load(f)
     except OSError as error:
         fail(f"--ablate-json: cannot read {path}: {error}")
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # not JSON, or not text at all
         raise AblateBenchFailed(f"{path} is not a readable JSON report ({error})") from error
     return ablate_rates(report, models)
 
@@ -835,7 +835,7 @@ def main(argv=None):
                 print(f"  {label:45s} {timing.step_s * 1e3:8.2f} ms/step {row[key]:12,.0f} tok/s"
                       f"   (warm-up {timing.warmup_s:.1f} s, loss {timing.loss:.3f})", flush=True)
             release_memory()
-        if args.ablate_bench:
+        if with_ablate:
             print(f"  {'ablate':45s} {'':16s} {format_rate(row['ablate']):>12s} tok/s", flush=True)
         rows.append(row)
 

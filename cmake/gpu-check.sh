@@ -142,7 +142,10 @@ run_step() {
   local start=$SECONDS status
   echo "== $name: $*"
   "$@" >"$out/$name.log" 2>&1
-  case $? in
+  local code=$?
+  # 124: timeout's TERM; 137: its KILL ten seconds later (or any other kill, without a limit).
+  if ((step_timeout > 0)) && ((code == 137)); then code=124; fi
+  case $code in
     0) status=pass ;;
     77) status=skipped ;;
     124) status=TIMEOUT; failed=1 ;;
@@ -159,7 +162,9 @@ need() {  # need FILE: exit 77 (skipped) with a note when a built program is mis
   return 77
 }
 need_python() {  # need_python MODULE...: exit 77 (skipped) when one does not import
-  "$python" -c "import ${*// /, }" 2>/dev/null && return 0
+  local modules
+  modules="$(IFS=,; echo "$*")"
+  "$python" -c "import $modules" 2>/dev/null && return 0
   echo "$python cannot import one of: $*" >&2
   return 77
 }

@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cstddef>
-#include <utility>
 
 #include "ablate/core/error.hpp"
 
@@ -33,11 +32,14 @@ void newton_schulz5(typename B::Tensor& out, const typename B::Tensor& g, std::s
     B::copy(x, g);
   }
   B::normalize_frobenius(x, 1e-7);
+  // The second combination stays a separate scale_add: folded into the GEMM its terms would
+  // be added in the other order, which changes the CPU's rounding where the compiler contracts
+  // a*b + c*d into an FMA.
   for (int i = 0; i < steps; ++i) {
     B::gram(work.a, x);                                    // A = X X^T
     B::matmul_add(work.b, work.a, work.a, cc, work.a, cb);  // B = b A + c A A
-    B::matmul_add(work.bx, work.b, x, 1.0, x, ca);          // B X + a X
-    std::swap(x, work.bx);                                  // X = a X + B X
+    B::matmul(work.bx, work.b, x);                         // B X
+    B::scale_add(x, ca, work.bx, 1.0);                     // X = a X + B X
   }
   if (tall) {
     B::transpose(out, x);

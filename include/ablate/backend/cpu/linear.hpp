@@ -1,6 +1,7 @@
 // Linear layers as GEMMs: y = x W^T + b with W in PyTorch's [out, in] layout.
 #pragma once
 
+#include "ablate/backend/cpu/optimizer.hpp"
 #include "ablate/backend/cpu/tensor.hpp"
 #include "ablate/core/operand_checks.hpp"
 
@@ -41,8 +42,8 @@ struct LinearKernels {
     c.resize(a.rows(), b.cols());
     c.noalias() = a * b;
   }
-  // d = alpha a b + beta c, c shaped like a b; d must not alias a, b or c.  The product is
-  // rounded first, then combined as y = alpha*y + beta*c (the CUDA backend does the combination
+  // d = alpha a b + beta c, c shaped like a b; d must not alias a, b or c.  Exactly matmul then
+  // scale_add(d, alpha, c, beta), rounding for rounding (the CUDA backend does the combination
   // in its GEMM's epilogue).
   static void matmul_add(Tensor& d, const Tensor& a, const Tensor& b, double alpha,
                          const Tensor& c, double beta) {
@@ -50,7 +51,7 @@ struct LinearKernels {
     checks::shape(c, a.rows(), b.cols(), "matmul_add", "c");
     d.resize(a.rows(), b.cols());
     d.noalias() = a * b;
-    d = static_cast<S>(alpha) * d + static_cast<S>(beta) * c;
+    OptimizerKernels<S>::scale_add(d, alpha, c, beta);
   }
   // c = a a^T
   static void gram(Tensor& c, const Tensor& a) {
