@@ -7,6 +7,9 @@
 // Run: bench_cpu --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
+#include <cstdint>
+#include <vector>
+
 #include <ablate/backend/cpu/memory.hpp>
 
 #include "block_bench.hpp"
@@ -113,6 +116,23 @@ void BM_TrainStep_mlp_512d(benchmark::State& state) {
   set_rates(state, b.flops(1.0, mha_attention_flops(b.cfg.num_hidden_layers)));
 }
 BENCHMARK(BM_TrainStep_mlp_512d)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
+
+// The fused softmax cross-entropy with its gradient over rows x vocab logits: the quick
+// preset's batch (8 x 64 tokens, compact vocabulary 4096) and the seed's (16 x 256, GPT-2).
+void BM_CrossEntropy(benchmark::State& state) {
+  const auto rows = state.range(0), vocab = state.range(1);
+  Mat logits(rows, vocab), dlogits;
+  CPU::fill_normal(logits, 3, 2.0);
+  std::vector<std::int32_t> targets(static_cast<std::size_t>(rows));
+  for (std::size_t i = 0; i < targets.size(); ++i) targets[i] = static_cast<std::int32_t>((i * 7919) % vocab);
+  auto step = [&] { return CPU::cross_entropy(logits, targets.data(), &dlogits, 1.0 / rows).loss_sum; };
+  step();  // warm-up
+  for (auto _ : state) benchmark::DoNotOptimize(step());
+  state.counters["logits/s"] = benchmark::Counter(static_cast<double>(rows * vocab),
+                                                  benchmark::Counter::kIsIterationInvariantRate,
+                                                  benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_CrossEntropy)->Args({512, 4096})->Args({4096, 50257})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Eigen sgemm C[M, N] = A[M, K] B[N, K]^T, the shape of a Linear forward.
 void BM_EigenSgemm(benchmark::State& state) {

@@ -50,6 +50,46 @@ TEST_CASE("CPU cross-entropy: loss, hits and gradient by definition, and NaN log
   CHECK(dlogits.row(0).array().isFinite().all());
 }
 
+TEST_CASE("CPU cross-entropy in float over a vocabulary of several blocks: first maximum, loss "
+          "to float rounding, with or without the gradient") {
+  using F = ablate::CPUBackend<float>;
+  constexpr Eigen::Index kVocab = 1000;  // not a multiple of the kernel's block
+  F::Tensor logits(5, kVocab);
+  F::fill_normal(logits, 11, 3.0);
+  logits(0, 300) = logits(0, 700) = 20.0f;  // a tie across blocks: the first one counts
+  logits(1, 300) = logits(1, 700) = 20.0f;
+  logits(2, kVocab - 1) = 20.0f;  // in the last, partial block
+  logits(3, 0) = 20.0f;
+  const std::vector<std::int32_t> targets = {300, 700, kVocab - 1, 0, 5};
+  F::Tensor dlogits;
+  const double scale = 0.5;
+  const ablate::LossSums sums = F::cross_entropy(logits, targets.data(), &dlogits, scale);
+  const ablate::LossSums no_grad = F::cross_entropy(logits, targets.data(), nullptr, scale);
+
+  const Eigen::MatrixXd z = logits.cast<double>();
+  double loss = 0;
+  for (Eigen::Index r = 0; r < z.rows(); ++r) {
+    const double lse = std::log(z.row(r).array().exp().sum());
+    const auto t = static_cast<Eigen::Index>(targets[static_cast<std::size_t>(r)]);
+    loss += lse - z(r, t);
+    for (Eigen::Index c = 0; c < kVocab; ++c) {
+      const double expected = scale * (std::exp(z(r, c) - lse) - (c == t ? 1.0 : 0.0));
+      // float rounding of p - 1 at the target: an absolute bound there
+      CHECK(std::abs(dlogits(r, c) - expected) <= 1e-5 * std::abs(expected) + 1e-7);
+    }
+  }
+  CHECK(sums.loss_sum == doctest::Approx(loss).epsilon(1e-6));
+  CHECK(sums.correct == 3);  // rows 0, 2, 3; row 1's maximum is first at 300, not its target
+  CHECK(no_grad.loss_sum == sums.loss_sum);
+  CHECK(no_grad.correct == sums.correct);
+
+  logits(4, 900) = std::numeric_limits<float>::quiet_NaN();
+  const ablate::LossSums nan_sums = F::cross_entropy(logits, targets.data(), &dlogits, scale);
+  CHECK(std::isnan(nan_sums.loss_sum));
+  CHECK(dlogits.row(4).array().isNaN().all());
+  CHECK(dlogits.row(3).array().isFinite().all());
+}
+
 TEST_CASE("CPU cross-entropy and embedding reject ids outside their table or row") {
   D::Tensor logits(2, 5), dlogits;
   D::set_zero(logits);
