@@ -61,6 +61,15 @@ void norm_backward(const T& dy, const T& x, const T& w, const T& dw, const T& st
   shape(stat, x.rows(), 1, what, "the saved statistics");
 }
 
+// LayerNorm's backward also has a bias gradient and the saved means.
+template <class T>
+void layernorm_backward(const T& dy, const T& x, const T& w, const T& dw, const T& db,
+                        const T& mean, const T& rstd, const char* what) {
+  norm_backward(dy, x, w, dw, rstd, what);
+  shape(db, 1, x.cols(), what, "the bias gradient");
+  shape(mean, x.rows(), 1, what, "the saved means");
+}
+
 // q, k [batch*seq, >= heads*qk_dim] and v [batch*seq, >= heads*v_dim] (a tensor may be wider
 // than its heads), a non-negative shape and a dropout probability in [0, 1).
 template <class T>

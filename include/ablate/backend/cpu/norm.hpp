@@ -72,9 +72,7 @@ struct NormKernels {
   static void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
                                  const Tensor& x, const Tensor& w, const Tensor& mean,
                                  const Tensor& rstd) {
-    checks::norm_backward(dy, x, w, dw, rstd, "layernorm_backward");
-    checks::shape(db, 1, x.cols(), "layernorm_backward", "the bias gradient");
-    checks::shape(mean, x.rows(), 1, "layernorm_backward", "the saved means");
+    checks::layernorm_backward(dy, x, w, dw, db, mean, rstd, "layernorm_backward");
     const Eigen::Index n = x.rows(), d = x.cols();
     // dx first holds xhat (no temporary buffer), then is overwritten row by row.
     dx.resize(n, d);

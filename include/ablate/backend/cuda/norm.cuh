@@ -216,9 +216,7 @@ struct NormKernels {
   static void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
                                  const Tensor& x, const Tensor& w, const Tensor& mean,
                                  const Tensor& rstd) {
-    checks::norm_backward(dy, x, w, dw, rstd, "layernorm_backward");
-    checks::shape(db, 1, x.cols(), "layernorm_backward", "the bias gradient");
-    checks::shape(mean, x.rows(), 1, "layernorm_backward", "the saved means");
+    checks::layernorm_backward(dy, x, w, dw, db, mean, rstd, "layernorm_backward");
     const std::ptrdiff_t n = x.rows(), d = x.cols();
     dx.resize(n, d);
     if (n == 0 || d == 0) return;
