@@ -108,7 +108,8 @@ C config_from_json(const nlohmann::json& j, std::string_view what) {
     }
   });
   if (known != j.size()) {
-    for (const auto& [key, value] : j.items()) {
+    for (const auto& item : j.items()) {
+      const std::string& key = item.key();  // (a structured binding: clang < 16 cannot capture it)
       bool found = false;
       visit_fields(c, [&](const char* name, const auto&) { found = found || key == name; });
       require(found, what, ": unknown field '", key, "'");
