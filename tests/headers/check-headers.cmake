@@ -3,7 +3,11 @@
 # given compiler.  Called by CTest as
 #
 #   cmake -DABLATE_SOURCE_DIR=<dir> -DWORK_DIR=<dir> -DCXX_COMPILER=<c++>
-#         [-DEIGEN_INCLUDE_DIRS=<dir>|<dir>...] -P check-headers.cmake
+#         [-DSYSTEM_INCLUDE_DIRS=<dir>|<dir>...] [-DEXTRA_FLAGS=<flag>|<flag>...]
+#         -P check-headers.cmake
+#
+# SYSTEM_INCLUDE_DIRS: Eigen's and nlohmann-json's; EXTRA_FLAGS: say -fopenmp, so that both
+# sides of core/parallel.hpp get compiled by one compiler or the other.
 #
 # -fsyntax-only: nothing is instantiated that the header does not instantiate itself, so this
 # checks the headers, not the templates' bodies (the unit tests compile those).  The CUDA
@@ -17,11 +21,15 @@ foreach(var IN ITEMS ABLATE_SOURCE_DIR WORK_DIR CXX_COMPILER)
 endforeach()
 
 set(flags -std=c++20 -fsyntax-only -Wall -Wextra -Werror "-I${ABLATE_SOURCE_DIR}/include")
-if(EIGEN_INCLUDE_DIRS)
-  string(REPLACE "|" ";" eigen_dirs "${EIGEN_INCLUDE_DIRS}")
-  foreach(dir IN LISTS eigen_dirs)
+if(SYSTEM_INCLUDE_DIRS)
+  string(REPLACE "|" ";" system_dirs "${SYSTEM_INCLUDE_DIRS}")
+  foreach(dir IN LISTS system_dirs)
     list(APPEND flags -isystem "${dir}")
   endforeach()
+endif()
+if(EXTRA_FLAGS)
+  string(REPLACE "|" ";" extra_flags "${EXTRA_FLAGS}")
+  list(APPEND flags ${extra_flags})
 endif()
 
 file(REMOVE_RECURSE "${WORK_DIR}")
@@ -43,7 +51,7 @@ foreach(header IN LISTS headers)
                   RESULT_VARIABLE result OUTPUT_VARIABLE output ERROR_VARIABLE output)
   if(NOT result EQUAL 0)
     list(APPEND failed "${header}")
-    message("${header}: does not compile on its own with ${CXX_COMPILER}:\n${output}")
+    message("${header}: does not compile on its own with ${CXX_COMPILER} ${extra_flags}:\n${output}")
   endif()
 endforeach()
 
@@ -52,4 +60,4 @@ if(failed)
   string(REPLACE ";" ", " failed "${failed}")
   message(FATAL_ERROR "${n} of ${count} headers fail on their own: ${failed}")
 endif()
-message(STATUS "all ${count} headers compile on their own with ${CXX_COMPILER}")
+message(STATUS "all ${count} headers compile on their own with ${CXX_COMPILER} ${extra_flags}")

@@ -56,10 +56,11 @@ TEST_CASE("CPU cross-entropy in float over a vocabulary of several blocks: first
   constexpr Eigen::Index kVocab = 1000;  // not a multiple of the kernel's block
   F::Tensor logits(5, kVocab);
   F::fill_normal(logits, 11, 3.0);
-  logits(0, 300) = logits(0, 700) = 20.0f;  // a tie across blocks: the first one counts
+  logits(0, 300) = logits(0, 700) = 20.0f;  // ties across blocks: the first maximum counts
   logits(1, 300) = logits(1, 700) = 20.0f;
   logits(2, kVocab - 1) = 20.0f;  // in the last, partial block
   logits(3, 0) = 20.0f;
+  logits(4, 5) = logits(4, 6) = 20.0f;  // a tie within one block
   const std::vector<std::int32_t> targets = {300, 700, kVocab - 1, 0, 5};
   F::Tensor dlogits;
   const double scale = 0.5;
@@ -79,7 +80,9 @@ TEST_CASE("CPU cross-entropy in float over a vocabulary of several blocks: first
     }
   }
   CHECK(sums.loss_sum == doctest::Approx(loss).epsilon(1e-6));
-  CHECK(sums.correct == 3);  // rows 0, 2, 3; row 1's maximum is first at 300, not its target
+  // rows 0, 2, 3, 4: row 1's first maximum is at 300, not at its target (the last maximum
+  // would hit rows 1, 2, 3 instead)
+  CHECK(sums.correct == 4);
   CHECK(no_grad.loss_sum == sums.loss_sum);
   CHECK(no_grad.correct == sums.correct);
 
