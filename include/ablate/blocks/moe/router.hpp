@@ -54,10 +54,18 @@ class RouterCore {
   std::ptrdiff_t E() const { return static_cast<std::ptrdiff_t>(experts_); }
   std::ptrdiff_t K() const { return static_cast<std::ptrdiff_t>(k_); }
   void count_load() { B::moe_expert_counts(load_, indices_, experts_); }
+  // d[n, e] += per_expert[e] for every token n: an auxiliary loss's gradient with respect to
+  // the probabilities, which is the same for every token.
+  void add_per_expert(Tensor& d, const std::vector<double>& per_expert) {
+    B::resize(expert_row_, 1, E());
+    B::from_host(expert_row_, per_expert);
+    B::add_row_broadcast(d, expert_row_);
+  }
 
   std::size_t experts_ = 0, k_ = 0;
   Linear<B> gate_;
   Tensor logits_, weights_, dlogits_;
+  Tensor expert_row_;
   Indices indices_;
   std::vector<std::size_t> load_;
   double aux_ = 0.0;

@@ -66,11 +66,9 @@ class SeedRouterBlock : public detail::RouterCore<B> {
       for (std::size_t e = 0; e < g.size(); ++e)
         g[e] = loss_scale_ * coef_ * static_cast<double>(this->experts_) *
                (static_cast<double>(this->load_[e]) / slots) / n;
-      B::resize(row_, 1, this->E());
-      B::from_host(row_, g);
       B::resize(dprobs_, probs_.rows(), this->E());
       B::set_zero(dprobs_);
-      B::add_row_broadcast(dprobs_, row_);
+      this->add_per_expert(dprobs_, g);
       B::row_softmax_backward(daux_, probs_, dprobs_);
       B::add_inplace(this->dlogits_, daux_);
     }
@@ -86,7 +84,7 @@ class SeedRouterBlock : public detail::RouterCore<B> {
   bool aux_active_ = false;
   double loss_scale_ = 1.0;
   Tensor probs_, selected_, mean_probs_;
-  Tensor dselected_, row_, dprobs_, daux_;
+  Tensor dselected_, dprobs_, daux_;
 };
 
 // Router policy (a): the seed baseline.

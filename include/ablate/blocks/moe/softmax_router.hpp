@@ -66,9 +66,7 @@ class SoftmaxTopKRouterBlock : public detail::RouterCore<B> {
       std::vector<double> g(this->experts_);
       for (std::size_t e = 0; e < g.size(); ++e)
         g[e] = loss_scale_ * coef_ * 2.0 * (mean_[e] - mean_avg_) / e_minus_1 / n;
-      B::resize(row_, 1, this->E());
-      B::from_host(row_, g);
-      B::add_row_broadcast(dprobs_, row_);
+      this->add_per_expert(dprobs_, g);
     }
     B::row_softmax_backward(this->dlogits_, probs_, dprobs_);
     this->gate_.backward(&dx, this->dlogits_, /*accumulate_dx=*/true);
@@ -91,7 +89,7 @@ class SoftmaxTopKRouterBlock : public detail::RouterCore<B> {
   double loss_scale_ = 1.0, mean_avg_ = 0.0;
   std::vector<double> mean_;
   Tensor probs_, picked_, mean_probs_;
-  Tensor dpicked_, dprobs_, row_;
+  Tensor dpicked_, dprobs_;
 };
 
 // Router policy (c): Experiment 5's "DeepseekV3MoE" gate.
