@@ -221,6 +221,19 @@ TEST_CASE("cuda kernels: cross-entropy matches the CPU backend, ties going to th
       CHECK_THROWS_AS(CUDA::cross_entropy(glogits, wrong.data(), &gdlogits, 1.0), std::out_of_range);
     }
   }
+  // Logits around 1000 (a diverging run): the gradient keeps float accuracy, because it is
+  // exp(z - max) scaled, not exp(z - logsumexp) with the logsumexp rounded to float.
+  {
+    CpuTensor logits = random_tensor(4, 3000, 16, 2.0);
+    logits.array() += 1000.f;
+    const std::vector<std::int32_t> targets = {0, 17, 2999, 1500};
+    CpuTensor dlogits;
+    GpuTensor gdlogits;
+    const ablate::LossSums c = CPU::cross_entropy(logits, targets.data(), &dlogits, 0.25);
+    const ablate::LossSums g = CUDA::cross_entropy(to_gpu(logits), targets.data(), &gdlogits, 0.25);
+    CHECK(g.loss_sum == doctest::Approx(c.loss_sum).epsilon(1e-6));
+    CHECK(relative_error(gdlogits, dlogits) < kFp32Tolerance);
+  }
   // No rows: nothing to add.
   GpuTensor empty(0, 10), dempty;
   const ablate::LossSums e = CUDA::cross_entropy(empty, nullptr, &dempty, 1.0);
@@ -286,6 +299,10 @@ TEST_CASE("cuda kernels: embedding forward/backward match the CPU backend with r
   GpuTensor table(kVocab, 4), y, dy(2, 4);
   CHECK_THROWS_AS(CUDA::embedding_forward(y, bad.data(), 2, table, 1.0), std::out_of_range);
   CHECK_THROWS_AS(CUDA::embedding_backward(table, bad.data(), dy, 1.0), std::out_of_range);
+  // Ids are checked even when there is nothing to copy (a table without columns).
+  GpuTensor flat(kVocab, 0), flat_dy(2, 0);
+  CHECK_THROWS_AS(CUDA::embedding_forward(y, bad.data(), 2, flat, 1.0), std::out_of_range);
+  CHECK_THROWS_AS(CUDA::embedding_backward(flat, bad.data(), flat_dy, 1.0), std::out_of_range);
   std::vector<std::int32_t> good = {3, 4};
   GpuTensor narrow_dy(2, 3);
   CHECK_THROWS_AS(CUDA::embedding_backward(table, good.data(), narrow_dy, 1.0), std::invalid_argument);

@@ -97,6 +97,45 @@ TEST_CASE("cuda: linear forward/backward and GEMMs match the CPU backend within 
   }
 }
 
+TEST_CASE("cuda: GEMMs on views that start mid-allocation, and with an empty inner dimension") {
+  // The same shape on 256-byte aligned operands, then on operands one element into their
+  // buffers: the second must not reuse the first's algorithm (cuBLASLt's may need 16-byte
+  // aligned rows); it gets one planned for its alignment or the tiled fallback.
+  using ablate::cuda::DeviceBuffer;
+  using ablate::cuda::Gemm;
+  constexpr std::ptrdiff_t m = 64, n = 96, k = 128;
+  const CpuTensor a = random_tensor(m, k, 20), b = random_tensor(k, n, 21);
+  CpuTensor c;
+  CPU::matmul(c, a, b);
+  const GpuTensor ga = to_gpu(a), gb = to_gpu(b);
+  DeviceBuffer<__nv_bfloat16> a16(m * k + 1), b16(k * n + 1);
+  GpuTensor out(1, m * n + 1);
+  for (std::ptrdiff_t offset : {0, 1}) {
+    CAPTURE(offset);
+    Gemm::convert(a16.data() + offset, ga.data(), m * k);
+    Gemm::convert(b16.data() + offset, gb.data(), k * n);
+    Gemm::get().run_bf16(out.data() + offset, a16.data() + offset, false, b16.data() + offset,
+                         false, m, n, k, 1.f, 0.f, nullptr);
+    CpuTensor got(m, n);
+    ablate::cuda::copy_to_host(got.data(), out.data() + offset, static_cast<std::size_t>(m * n));
+    CHECK(relative_error(got, c) < kBf16Tolerance);
+  }
+
+  // in_features 0: no products, y is the bias broadcast, dx is empty and db the column sums.
+  const CpuTensor x(5, 0), w(3, 0), bias = random_tensor(1, 3, 22), dy = random_tensor(5, 3, 23);
+  CpuTensor y, dx, dw(3, 0), db = CpuTensor::Zero(1, 3);
+  CPU::linear_forward(y, x, w, &bias);
+  CPU::linear_backward(&dx, dw, &db, dy, x, w);
+  const GpuTensor gx = to_gpu(x), gw = to_gpu(w), gbias = to_gpu(bias), gdy = to_gpu(dy);
+  GpuTensor gy, gdx, gdw = to_gpu(dw), gdb = to_gpu(CpuTensor::Zero(1, 3));
+  CUDA::linear_forward(gy, gx, gw, &gbias);
+  CUDA::linear_backward(&gdx, gdw, &gdb, gdy, gx, gw);
+  CHECK(relative_error(gy, y) < kFp32Tolerance);
+  CHECK(relative_error(gdb, db) < kFp32Tolerance);
+  CHECK(gdx.rows() == 5);
+  CHECK(gdx.cols() == 0);
+}
+
 TEST_CASE("cuda: linear and norm kernels reject operands of the wrong shape before any launch") {
   const GpuTensor x = to_gpu(random_tensor(6, 4, 1)), w = to_gpu(random_tensor(3, 4, 2));
   GpuTensor y, dx, dw = to_gpu(CpuTensor::Zero(3, 4)), rstd;

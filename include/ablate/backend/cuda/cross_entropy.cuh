@@ -49,11 +49,12 @@ __device__ inline long long block_min(long long v, long long* scratch) {
 
 // Row r = blockIdx.x: row_loss[r] = logsumexp(z) - z[t], row_hit[r] = 1 when the first maximum
 // of z is at t (else 0), and, when dlogits is not null, dlogits[r] = grad_scale *
-// (exp(z - logsumexp(z)) - onehot(t)).  The host has checked the targets; one outside
+// (exp(z - logsumexp(z)) - onehot(t)), formed as the CPU forms it: exp(z - max) times
+// grad_scale / sum, so that large logits lose no accuracy to a rounded logsumexp.  The host has checked the targets; one outside
 // [0, cols) would still give a NaN loss, no hit and no one-hot term, not an out-of-bounds read.
 ABLATE_KERNEL void __launch_bounds__(kMaxThreads)
     rows(const float* logits, const std::int32_t* targets, std::ptrdiff_t cols, float* dlogits,
-         float grad_scale, double* row_loss, double* row_hit) {
+         double grad_scale, double* row_loss, double* row_hit) {
   __shared__ float fscratch[kWarp];
   __shared__ double dscratch[kWarp];
   __shared__ long long iscratch[kWarp];
@@ -87,7 +88,8 @@ ABLATE_KERNEL void __launch_bounds__(kMaxThreads)
           : (m == -INFINITY ? 0.0
                             : static_cast<double>(s) *
                                   exp(static_cast<double>(m) - static_cast<double>(mx)));
-  const double log_sum = log(block_sum(part, dscratch)) + static_cast<double>(mx);
+  const double sum = block_sum(part, dscratch);
+  const double log_sum = log(sum) + static_cast<double>(mx);
   // The first maximum of the row: the lowest index among the threads that hold the maximum.
   const long long first = block_min(m == mx ? arg : LLONG_MAX, iscratch);
   if (threadIdx.x == 0) {
@@ -95,11 +97,12 @@ ABLATE_KERNEL void __launch_bounds__(kMaxThreads)
     row_hit[r] = valid && first == t ? 1.0 : 0.0;
   }
   if (dlogits == nullptr) return;
-  const auto ls = static_cast<float>(log_sum);
+  const auto row_scale = static_cast<float>(grad_scale / sum);
+  const auto target_scale = static_cast<float>(grad_scale);
   float* g = dlogits + r * cols;
   for (std::ptrdiff_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    float v = __fmul_rn(expf(__fsub_rn(z[c], ls)), grad_scale);
-    if (c == t) v = __fsub_rn(v, grad_scale);
+    float v = __fmul_rn(expf(__fsub_rn(z[c], mx)), row_scale);
+    if (c == t) v = __fsub_rn(v, target_scale);
     g[c] = v;
   }
 }
@@ -145,7 +148,7 @@ struct CrossEntropyKernels {
     double* sums = scratch<double, 35>(2 * rows + 2);
     kernels::xent::rows<<<static_cast<unsigned>(n), kernels::xent::row_threads(v), 0, stream()>>>(
         logits.data(), device_targets, v, dlogits != nullptr ? dlogits->data() : nullptr,
-        static_cast<float>(grad_scale), sums, sums + rows);
+        grad_scale, sums, sums + rows);
     ABLATE_CUDA_CHECK_LAUNCH("cross_entropy rows");
     kernels::xent::sum_rows<<<1, kThreads, 0, stream()>>>(sums, sums + rows, n, sums + 2 * rows);
     ABLATE_CUDA_CHECK_LAUNCH("cross_entropy sum_rows");

@@ -66,10 +66,15 @@ class Runtime {
     std::uint64_t keep_all = UINT64_MAX;
     ABLATE_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all));
     ABLATE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    ABLATE_CUDA_CHECK(cublasLtCreate(&lt_));
+    // No destructor runs for a constructor that throws: each failure undoes what came before.
+    const cublasStatus_t lt_status = cublasLtCreate(&lt_);
+    if (lt_status != CUBLAS_STATUS_SUCCESS) {
+      (void)cudaStreamDestroy(stream_);
+      check(lt_status, "cublasLtCreate(&lt_)", __FILE__, __LINE__);
+    }
     const cudaError_t status = cudaMalloc(&workspace_, kWorkspaceBytes);
     if (status != cudaSuccess) {
-      (void)cublasLtDestroy(lt_);  // no destructor runs for a constructor that throws
+      (void)cublasLtDestroy(lt_);
       (void)cudaStreamDestroy(stream_);
       allocation_failed(status, kWorkspaceBytes, "the cuBLASLt workspace");
     }

@@ -56,10 +56,10 @@ struct EmbeddingKernels {
   static void embedding_forward(Tensor& y, const std::int32_t* ids, std::ptrdiff_t n,
                                 const Tensor& table, double scale) {
     const std::ptrdiff_t d = table.cols();
-    y.resize(n, d);
-    if (n == 0 || d == 0) return;
     check_ids(ids, static_cast<std::size_t>(n), static_cast<std::size_t>(table.rows()),
               "ablate::CUDA embedding_forward: token id");
+    y.resize(n, d);
+    if (n == 0 || d == 0) return;
     std::int32_t* device_ids = scratch<std::int32_t, 32>(static_cast<std::size_t>(n));
     upload<std::int32_t, 32>(device_ids, ids, static_cast<std::size_t>(n));
     kernels::embed::Elementwise::launch(kernels::embed::forward, y.numel(), y.data(), device_ids,
@@ -73,9 +73,9 @@ struct EmbeddingKernels {
     const std::ptrdiff_t n = dy.rows(), d = dy.cols(), vocab = dtable.rows();
     require(dtable.cols() == d, "ablate::CUDA embedding_backward: dy has ", d,
             " columns, the table gradient ", dtable.cols());
-    if (n == 0 || d == 0) return;
     check_ids(ids, static_cast<std::size_t>(n), static_cast<std::size_t>(vocab),
               "ablate::CUDA embedding_backward: token id");
+    if (n == 0 || d == 0) return;
     // Counting sort of the rows by id, laid out as [rows by id: n | segment starts: u + 1 |
     // segment ids: u] for the u distinct ids.
     std::vector<std::int32_t> next(static_cast<std::size_t>(vocab), 0);

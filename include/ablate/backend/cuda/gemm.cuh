@@ -4,7 +4,9 @@
 //
 // cuBLASLt is column-major; a row-major X is the column-major X^T, so C^T = op(B)^T op(A)^T is
 // computed with B first.  The bias epilogue then adds one value per column-major row, which is
-// one per output feature.  Descriptors and the heuristic's algorithm are cached per shape.
+// one per output feature.  Descriptors and the heuristic's algorithm are cached per shape and
+// per operand alignment (an algorithm chosen for 256-byte aligned operands may not run on a
+// view that starts mid-row).
 // Shapes cuBLASLt finds no algorithm for (tiny, odd leading dimensions) run a tiled SIMT kernel
 // on the same bf16 operands.
 #pragma once
@@ -99,7 +101,13 @@ class Gemm {
                 const float* bias, const float* c_in = nullptr) {
     if (m == 0 || n == 0) return;
     if (c_in == nullptr) c_in = c;
-    const Plan* plan = k > 0 ? find_plan(m, n, k, ta, tb, bias != nullptr) : nullptr;
+    const Plan* plan = nullptr;
+    if (k > 0) {
+      // cuBLASLt's X is b, its Y is a (see make_plan).
+      const Alignments al{alignment(b16, tb ? k : n, 2), alignment(a16, ta ? m : k, 2),
+                          alignment(c_in, n, 4), alignment(c, n, 4)};
+      plan = find_plan(m, n, k, ta, tb, bias != nullptr, al);
+    }
     if (plan == nullptr) {
       const dim3 block(kernels::kGemmTile, kernels::kGemmTile);
       const std::ptrdiff_t row_tiles = (m + kernels::kGemmTile - 1) / kernels::kGemmTile;
@@ -155,22 +163,40 @@ class Gemm {
       if (op != nullptr) (void)cublasLtMatmulDescDestroy(op);
     }
   };
-  // Everything the descriptors and the heuristic's choice depend on (beta does not: C is D).
-  using Key = std::tuple<std::ptrdiff_t, std::ptrdiff_t, std::ptrdiff_t, bool, bool, bool>;
+  // The byte alignments the heuristic may assume of cuBLASLt's X, Y, C and D.
+  struct Alignments {
+    std::uint32_t x, y, c, d;
+    auto tie() const { return std::tuple{x, y, c, d}; }
+  };
+  // Everything the descriptors and the heuristic's choice depend on (beta does not, and the
+  // heuristic sees C and D only through their layout and alignment).
+  using Key = std::tuple<std::ptrdiff_t, std::ptrdiff_t, std::ptrdiff_t, bool, bool, bool,
+                         std::tuple<std::uint32_t, std::uint32_t, std::uint32_t, std::uint32_t>>;
 
-  Gemm() = default;
+  // The runtime first, so that it outlives this singleton's descriptors.
+  Gemm() { (void)Runtime::get(); }
 
-  // The plan for this shape, or null when cuBLASLt has no algorithm for it.
+  // The largest power of two up to 256 bytes that divides both the operand's start address and
+  // its row pitch (ld elements of elem bytes): what every row of it is aligned to.
+  static std::uint32_t alignment(const void* p, std::ptrdiff_t ld, std::size_t elem) {
+    const auto address = reinterpret_cast<std::uintptr_t>(p);
+    const auto pitch = static_cast<std::size_t>(ld) * elem;
+    std::uint32_t a = 256;
+    while (a > elem && (address % a != 0 || pitch % a != 0)) a /= 2;
+    return a;
+  }
+
+  // The plan for this shape and alignment, or null when cuBLASLt has no algorithm for it.
   const Plan* find_plan(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, bool ta, bool tb,
-                        bool bias) {
-    const Key key{m, n, k, ta, tb, bias};
+                        bool bias, const Alignments& al) {
+    const Key key{m, n, k, ta, tb, bias, al.tie()};
     auto it = plans_.find(key);
-    if (it == plans_.end()) it = plans_.emplace(key, make_plan(m, n, k, ta, tb, bias)).first;
+    if (it == plans_.end()) it = plans_.emplace(key, make_plan(m, n, k, ta, tb, bias, al)).first;
     return it->second.usable ? &it->second : nullptr;
   }
 
   static Plan make_plan(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, bool ta, bool tb,
-                        bool bias) {
+                        bool bias, const Alignments& al) {
     Plan p;
     ABLATE_CUDA_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     // Column-major view: X = B^T-buffer (first operand), Y = A^T-buffer (second operand).
@@ -205,27 +231,20 @@ class Gemm {
     const std::size_t ws = Runtime::kWorkspaceBytes;
     ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    // Scratch operands start 256-byte aligned; rows are only as aligned as the leading dims.
-    const auto align = [](std::ptrdiff_t ld, std::size_t elem) {
-      std::uint32_t a = 256;
-      while (a > elem && (static_cast<std::size_t>(ld) * elem) % a != 0) a /= 2;
-      return a;
-    };
-    const std::uint32_t ax = align(tb ? k : n, 2), ay = align(ta ? m : k, 2), ad = align(n, 4);
-    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &ax, sizeof(ax)));
-    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ay, sizeof(ay)));
-    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ad, sizeof(ad)));
-    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ad, sizeof(ad)));
+    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al.x, sizeof(al.x)));
+    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al.y, sizeof(al.y)));
+    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al.c, sizeof(al.c)));
+    ABLATE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al.d, sizeof(al.d)));
 
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
     const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
         Runtime::get().lt(), p.op, p.x, p.y, p.d, p.d, pref, 1, &result, &found);
-    if (status == CUBLAS_STATUS_SUCCESS && found > 0) {
+    if (status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
       p.algo = result.algo;
       p.usable = true;
     } else if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_SUCCESS) {
-      ABLATE_CUDA_CHECK(status);
+      check(status, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
     }
     return p;
   }

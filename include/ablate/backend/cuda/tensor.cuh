@@ -70,9 +70,10 @@ namespace kernels {
 ABLATE_KERNEL void fill(float* y, std::size_t n, float v) {
   ABLATE_GRID_STRIDE(i, n) y[i] = v;
 }
-// y = a*y + b*x
+// y = a*y + b*x, each product and the sum rounded as the CPU rounds them (no fused
+// multiply-add, which nvcc would otherwise contract this into).
 ABLATE_KERNEL void scale_add(float* y, std::size_t n, float a, const float* x, float b) {
-  ABLATE_GRID_STRIDE(i, n) y[i] = a * y[i] + b * x[i];
+  ABLATE_GRID_STRIDE(i, n) y[i] = __fadd_rn(__fmul_rn(a, y[i]), __fmul_rn(b, x[i]));
 }
 ABLATE_KERNEL void add(float* y, std::size_t n, const float* x) {
   ABLATE_GRID_STRIDE(i, n) y[i] += x[i];
@@ -81,7 +82,7 @@ ABLATE_KERNEL void scale(float* y, std::size_t n, float s) {
   ABLATE_GRID_STRIDE(i, n) y[i] *= s;
 }
 ABLATE_KERNEL void axpy(float* y, std::size_t n, float s, const float* x) {
-  ABLATE_GRID_STRIDE(i, n) y[i] += s * x[i];
+  ABLATE_GRID_STRIDE(i, n) y[i] = __fadd_rn(y[i], __fmul_rn(s, x[i]));
 }
 // dst[r, dst_off + c] (+)= src[r, src_off + c] for c < count.
 ABLATE_KERNEL void copy_columns(float* dst, std::ptrdiff_t dst_ld, std::ptrdiff_t dst_off,
