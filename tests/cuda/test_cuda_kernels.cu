@@ -234,6 +234,16 @@ TEST_CASE("cuda kernels: cross-entropy matches the CPU backend, ties going to th
     CHECK(g.loss_sum == doctest::Approx(c.loss_sum).epsilon(1e-6));
     CHECK(relative_error(gdlogits, dlogits) < kFp32Tolerance);
   }
+  // A row with every logit -inf: its first maximum is index 0 on both backends.
+  {
+    CpuTensor logits = CpuTensor::Constant(2, 300, -std::numeric_limits<float>::infinity());
+    logits(1, 7) = 1.f;
+    const std::vector<std::int32_t> targets = {0, 7};
+    const ablate::LossSums c = CPU::cross_entropy(logits, targets.data(), nullptr, 1.0);
+    const ablate::LossSums g = CUDA::cross_entropy(to_gpu(logits), targets.data(), nullptr, 1.0);
+    REQUIRE(c.correct == 2);
+    CHECK(g.correct == c.correct);
+  }
   // No rows: nothing to add.
   GpuTensor empty(0, 10), dempty;
   const ablate::LossSums e = CUDA::cross_entropy(empty, nullptr, &dempty, 1.0);

@@ -16,8 +16,9 @@ random inputs and writes, per module, one safetensors file into tests/data/golde
   aux_loss                    [1]: the auxiliary loss, where the module has one
 
 with loss = sum(output * grad_output) (+ aux_loss).  Inputs and weights are float32 values
-(stored as F32 exactly); the reference runs in float64 by default (--dtype) and its results are
-stored as F32.  The metadata (strings, as safetensors requires) holds:
+(stored as F32 exactly); the reference modules run in float64 by default (--dtype), except
+where transformers itself computes in float32 whatever the module's dtype (RMSNorm, the router,
+the eager attention softmax, RoPE's cos and sin), and their results are stored as F32.  The metadata (strings, as safetensors requires) holds:
 
   golden.case           the file's name without extension
   golden.module         the reference class, e.g. transformers...DeepseekV3Attention
@@ -110,12 +111,16 @@ def fill_parameters(module, draw):
 
 
 def set_eager(config):
-    """Eager attention and eager experts: the plain loops, no fused kernels."""
+    """Eager attention and eager experts: the plain loops, no fused kernels.  A switch the
+    installed transformers has must take; one it lacks (older releases) is left alone."""
     for attribute in ("_attn_implementation", "_experts_implementation"):
         try:
             setattr(config, attribute, "eager")
         except (AttributeError, ValueError, TypeError):
             pass  # an older transformers without that switch
+        if attribute == "_attn_implementation" or hasattr(config, attribute):
+            value = getattr(config, attribute, None)
+            assert value == "eager", f"config.{attribute} is {value!r}, not 'eager'"
 
 
 def config_json(config):
@@ -139,6 +144,15 @@ def export_parameters(module, prefix):
     the names of the hub checkpoints and of ablate.  Buffers (e_score_correction_bias) have
     no gradient (grad None)."""
     out = []
+    # Fail loudly, rather than write wrong names, if the fused layout is not the one above.
+    for sub in module.modules():
+        assert not getattr(sub, "is_transposed", False), "transposed fused experts"
+    shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    for name, shape in shapes.items():
+        if name.endswith("experts.gate_up_proj"):
+            down = shapes[name[: -len("gate_up_proj")] + "down_proj"]
+            assert len(shape) == 3 and shape[1] == 2 * down[2] and shape[2] == down[1], \
+                f"{name} is {shape} with down_proj {down}: not [E, 2I, H] and [E, H, I]"
     for name, p in module.named_parameters():
         grad = p.grad if p.grad is not None else torch.zeros_like(p)
         if name.endswith("experts.gate_up_proj"):
@@ -320,6 +334,15 @@ def deepseek_config(**overrides):
     return config
 
 
+def latent_norm_eps(attention):
+    """The eps of kv_a_layernorm, which q_a_layernorm (where there is one) must share."""
+    eps = attention.kv_a_layernorm.variance_epsilon
+    q_norm = getattr(attention, "q_a_layernorm", None)
+    if q_norm is not None:
+        assert q_norm.variance_epsilon == eps, (q_norm.variance_epsilon, eps)
+    return float(eps)
+
+
 def mla_case(name, *, q_lora_rank, nope, bias, causal=True, seed, dtype, out_dir):
     config = deepseek_config(q_lora_rank=q_lora_rank or None, qk_nope_head_dim=nope,
                              attention_bias=bias)
@@ -350,9 +373,10 @@ def mla_case(name, *, q_lora_rank, nope, bias, causal=True, seed, dtype, out_dir
         "v_head_dim": config.v_head_dim,
         "attention_bias": bias,
         "rope_theta": 10000.0,
-        # transformers builds q_a_layernorm / kv_a_layernorm with config.rms_norm_eps; ablate
-        # keeps the latent norms' eps apart from the skeleton's (mla_rms_norm_eps).
-        "mla_rms_norm_eps": config.rms_norm_eps,
+        # The latent norms' eps as the module has it (transformers releases build
+        # q_a_layernorm / kv_a_layernorm with config.rms_norm_eps or with the norm's default
+        # 1e-6); ablate keeps it apart from the skeleton's (mla_rms_norm_eps).
+        "mla_rms_norm_eps": latent_norm_eps(attention),
         "attention_dropout": 0.0,
         "hidden_dropout": 0.0,
         "max_position_embeddings": SEQ,
@@ -399,13 +423,14 @@ def sigmoid_moe_case(name, moe, config, draw, dtype, *, seed, out_dir):
     with torch.no_grad():
         # e_score_correction_bias is a buffer (zeros at initialisation).  Non-zero here, so that
         # the test sees it choose experts without entering the weights; non-negative, because
-        # transformers 5.x masks dropped groups with -inf and ablate (like transformers 4.x)
-        # with 0, which choose alike only while sigmoid + bias >= 0.
+        # transformers 4.x masked dropped groups with 0 (5.x and ablate with -inf), and the two
+        # choose alike only while sigmoid + bias >= 0: files from either version hold.
         bias = moe.gate.e_score_correction_bias
         bias.copy_(draw.uniform(tuple(bias.shape), 0.0, 0.05).to(bias.dtype))
 
     def forward(x):
-        return moe(x), None
+        y = moe(x)
+        return (y[0] if isinstance(y, tuple) else y), None  # some releases add router logits
 
     def routing(x):
         flat = x.reshape(-1, x.shape[-1])

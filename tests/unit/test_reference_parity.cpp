@@ -32,10 +32,10 @@
 //     standard attention rotates interleaved pairs (2i, 2i + 1) -- not transformers' Llama-style
 //     rotate-half -- and so does ablate's MHA (RopeLayout::Interleaved): its golden comes from
 //     plain PyTorch written after the seed notes.
-//   - Latent norm eps.  transformers builds q_a_layernorm / kv_a_layernorm with
-//     config.rms_norm_eps; ablate keeps mla_rms_norm_eps (the seed notes' 1e-6 inside DeepSeek
-//     modules) apart from the skeleton's rms_norm_eps (float32 epsilon), so the golden's
-//     config sets mla_rms_norm_eps to transformers' rms_norm_eps.
+//   - Latent norm eps.  transformers releases build q_a_layernorm / kv_a_layernorm with
+//     config.rms_norm_eps or with the norm's default 1e-6; ablate keeps mla_rms_norm_eps (the
+//     seed notes' 1e-6 inside DeepSeek modules) apart from the skeleton's rms_norm_eps (float32
+//     epsilon), so the golden's config sets mla_rms_norm_eps to the eps the module has.
 //   - Router dtype.  transformers computes router logits, sigmoid scores and weights in float32
 //     whatever the module's dtype; the seed's router ran in the model dtype; ablate in the
 //     backend's scalar.  In these float tests all three agree.

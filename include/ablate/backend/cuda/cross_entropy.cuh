@@ -66,11 +66,12 @@ ABLATE_KERNEL void __launch_bounds__(kMaxThreads)
   const float zt = threadIdx.x == 0 && valid ? z[t] : 0.f;
 
   // Online max and sum of exp(z - max) over this thread's logits; `arg` is the first index of
-  // the thread's maximum (the indices are visited in increasing order).
+  // the thread's maximum (the indices are visited in increasing order), its first index when
+  // all its logits are -inf (so an all -inf row's first maximum is 0, as on the CPU).
   // A NaN logit makes the thread's part NaN, so the row's loss and gradient are NaN as on the
   // CPU (a diverged run must not report a finite loss).
   float m = -INFINITY, s = 0.f;
-  long long arg = LLONG_MAX;
+  long long arg = static_cast<std::ptrdiff_t>(threadIdx.x) < cols ? threadIdx.x : LLONG_MAX;
   bool saw_nan = false;
   for (std::ptrdiff_t c = threadIdx.x; c < cols; c += blockDim.x) {
     const float v = z[c];
