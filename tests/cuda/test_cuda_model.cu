@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <deque>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -24,13 +25,18 @@ using DenseMHA = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
 using DenseMLA = Architecture<Attention<MLA>, FFN<GatedMLP>, Norm<RMS>>;
 using Glm4MHA = Architecture<Attention<MHA>, FFN<Glm4MoE<8, 2>>, Norm<RMS>>;
 using Glm4MLA = Architecture<Attention<MLA>, FFN<Glm4MoE<8, 2>>, Norm<RMS>>;
+// Experiment 5's seed-protocol model: non-causal MHA with biases, softmax-gated MoE with its
+// variance auxiliary loss, post-LayerNorm and a final RMSNorm.
+using Exp5Seed = Architecture<Attention<PlainMHA>, FFN<Exp5GatedMoE<8, 2>>, Norm<LN>,
+                              Placement<PostNorm>, FinalNorm<RMS>>;
 
 // The gradient test hands the GPU's routing of every MoE layer to the CPU reference through
 // this expression; were it to stop compiling (a rename), the replay would silently be skipped.
 template <class Arch>
 constexpr bool exposes_routing =
     requires(Model<Arch, CUDA>& m) { m.layers().front().ffn().routing_indices(); };
-static_assert(exposes_routing<Baseline> && exposes_routing<Glm4MHA> && exposes_routing<Glm4MLA>);
+static_assert(exposes_routing<Baseline> && exposes_routing<Glm4MHA> && exposes_routing<Glm4MLA> &&
+              exposes_routing<Exp5Seed>);
 
 ModelConfig small_config(double dropout = 0.0) {
   ModelConfig cfg;
@@ -121,8 +127,7 @@ void copy_weights(Model<Arch, CUDA>& gpu, const Model<Arch, C>& cpu) {
 }
 
 template <class Arch>
-void check_loss_and_gradients(double dropout) {
-  const ModelConfig cfg = small_config(dropout);
+void check_loss_and_gradients(const ModelConfig& cfg) {
   Model<Arch, ReplayCPU> cpu(cfg, 7);
   Model<Arch, CUDA> gpu(cfg, 7);
   copy_weights(gpu, cpu);
@@ -209,11 +214,17 @@ std::vector<double> train_curve(int steps) {
 
 TEST_CASE_TEMPLATE("cuda: loss and every gradient match the CPU backend (Experiment 1 models)", Arch,
                    Baseline, DenseMHA, DenseMLA, Glm4MHA, Glm4MLA) {
-  check_loss_and_gradients<Arch>(0.0);
+  check_loss_and_gradients<Arch>(small_config(0.0));
+}
+
+TEST_CASE("cuda: loss and every gradient match the CPU backend (Experiment 5's seed-protocol model)") {
+  ModelConfig cfg = small_config(0.0);
+  cfg.attention_bias = true;
+  check_loss_and_gradients<Exp5Seed>(cfg);
 }
 
 TEST_CASE_TEMPLATE("cuda: with dropout on, the masks equal the CPU's", Arch, DenseMHA, DenseMLA) {
-  check_loss_and_gradients<Arch>(0.1);
+  check_loss_and_gradients<Arch>(small_config(0.1));
 }
 
 TEST_CASE_TEMPLATE("cuda: causal attention variants never read later tokens", Attn, MHA, MLA) {
@@ -254,4 +265,23 @@ TEST_CASE("cuda: a seeded run is deterministic") {
   const std::vector<double> a = train_curve<Glm4MHA, CUDA>(5);
   const std::vector<double> b = train_curve<Glm4MHA, CUDA>(5);
   CHECK(a == b);
+}
+
+TEST_CASE("cuda: a model whose head dims the CUDA kernels cannot take is refused when built") {
+  // The CPU backend takes these configs; the CUDA one must say so before the first step.
+  const auto build = [](auto model_tag, const ModelConfig& cfg) {
+    using M = typename decltype(model_tag)::type;
+    M model(cfg, 1);
+  };
+  ModelConfig wide = small_config();
+  wide.hidden_size = 1200;  // 4 heads of 300
+  CHECK_NOTHROW(build(std::type_identity<Model<DenseMHA, CPU>>{}, wide));
+  CHECK_THROWS_WITH_AS(build(std::type_identity<Model<DenseMHA, CUDA>>{}, wide),
+                       doctest::Contains("MultiHeadAttention: CUDA attention supports head dims"),
+                       ablate::invalid_input);
+  ModelConfig latent = small_config();
+  latent.v_head_dim = 300;
+  CHECK_THROWS_WITH_AS(build(std::type_identity<Model<DenseMLA, CUDA>>{}, latent),
+                       doctest::Contains("MLA: CUDA attention supports head dims"),
+                       ablate::invalid_input);
 }

@@ -26,14 +26,12 @@ class MultiHeadAttentionBlock {
   MultiHeadAttentionBlock() = default;
   MultiHeadAttentionBlock(ParameterStore<B>& store, Initializer& init, const std::string& name,
                           const ModelConfig& cfg)
-      : d_(cfg.hidden_size),
+      : d_(checked(cfg).hidden_size),
         heads_(cfg.num_attention_heads),
         theta_(cfg.rope_theta),
         qkv_(store, init, name + ".qkv_proj", d_, 3 * d_, cfg.attention_bias),
         o_(store, init, name + ".o_proj", d_, d_, cfg.attention_bias),
         attn_dropout_(cfg.attention_dropout) {
-    require(P == Positions::None || cfg.head_dim() % 2 == 0,
-            "MultiHeadAttention: RoPE needs an even head dim, got ", cfg.head_dim());
   }
 
   void forward(Tensor& y, const Tensor& x, const PassContext& ctx) {
@@ -70,6 +68,15 @@ class MultiHeadAttentionBlock {
   }
 
  private:
+  // Before any parameter is allocated: a config the backend cannot run fails here.
+  static const ModelConfig& checked(const ModelConfig& cfg) {
+    const auto hd = static_cast<std::ptrdiff_t>(cfg.head_dim());
+    require(P == Positions::None || hd % 2 == 0,
+            "MultiHeadAttention: RoPE needs an even head dim, got ", hd);
+    B::check_attention_heads(hd, hd, P == Positions::RoPE ? hd : 0, "MultiHeadAttention");
+    return cfg;
+  }
+
   AttentionShape shape(const PassContext& ctx) const {
     const auto hd = static_cast<std::ptrdiff_t>(d_ / heads_);
     AttentionShape a;

@@ -63,6 +63,9 @@ class MultiLatentAttentionBlock {
     require(cfg.qk_rope_head_dim > 0 && cfg.qk_rope_head_dim % 2 == 0,
             "MLA: qk_rope_head_dim must be a positive even number, got ", cfg.qk_rope_head_dim);
     require(cfg.v_head_dim > 0, "MLA: v_head_dim must be > 0");
+    B::check_attention_heads(static_cast<std::ptrdiff_t>(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim),
+                             static_cast<std::ptrdiff_t>(cfg.v_head_dim),
+                             static_cast<std::ptrdiff_t>(cfg.qk_rope_head_dim), "MLA");
   }
 
   void forward(Tensor& y, const Tensor& x, const PassContext& ctx) {

@@ -2,6 +2,8 @@
 // A backend is a policy type; a CUDA backend provides the same names over device tensors.
 #pragma once
 
+#include <cstddef>
+
 #include "ablate/backend/cpu/activation.hpp"
 #include "ablate/backend/cpu/attention.hpp"
 #include "ablate/backend/cpu/cross_entropy.hpp"
@@ -33,6 +35,8 @@ struct CPUBackend : cpu::TensorKernels<S>,
   using Tensor = cpu::Matrix<S>;
   static constexpr const char* name = "cpu";
   static constexpr bool host_memory = true;  // Tensor::data() is host memory
+  // The head dims a model's attention will ask for: the CPU kernels take any.
+  static void check_attention_heads(std::ptrdiff_t, std::ptrdiff_t, std::ptrdiff_t, const char*) {}
   // Work is done when a kernel returns: nothing to wait for.
   static void synchronize() {}
 };

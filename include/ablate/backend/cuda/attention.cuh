@@ -493,6 +493,13 @@ struct AttentionKernels {
 
   // q, k: [batch*seq, heads*qk_dim]; v: [batch*seq, heads*v_dim]; out: [batch*seq, heads*v_dim];
   // probs: the saved state, [batch*heads*seq, 1 + v_dim] (log-sum-exp and output per row).
+  // The fused kernels keep a head's row in shared memory: head dims up to kAttnMaxDim.
+  static void check_head_dims(std::ptrdiff_t qk_dim, std::ptrdiff_t v_dim, const char* what) {
+    require(qk_dim <= kernels::kAttnMaxDim && v_dim <= kernels::kAttnMaxDim, what,
+            ": CUDA attention supports head dims 1..", kernels::kAttnMaxDim, ", got qk_dim ",
+            qk_dim, " and v_dim ", v_dim);
+  }
+
   static void attention_forward(Tensor& out, Tensor& probs, const Tensor& q, const Tensor& k,
                                 const Tensor& v, const AttentionShape& a, double dropout_p,
                                 std::uint64_t key) {
@@ -555,9 +562,7 @@ struct AttentionKernels {
   static void validate(const char* what, const Tensor& q, const Tensor& k, const Tensor& v,
                        const AttentionShape& a, double dropout_p) {
     checks::attention_inputs(q, k, v, a, dropout_p, what);
-    require(a.qk_dim <= kernels::kAttnMaxDim && a.v_dim <= kernels::kAttnMaxDim, what,
-            ": CUDA attention supports head dims 1..", kernels::kAttnMaxDim, ", got qk_dim ",
-            a.qk_dim, " and v_dim ", a.v_dim);
+    check_head_dims(a.qk_dim, a.v_dim, what);
     // The fp32 kernels' blocks are the smallest (kAttnWarps rows), so their grid is the largest.
     const std::ptrdiff_t row_blocks = (a.seq + kernels::kAttnWarps - 1) / kernels::kAttnWarps;
     require(a.batch * a.heads * row_blocks <= 0x7fffffff, what, ": ", a.batch * a.heads,

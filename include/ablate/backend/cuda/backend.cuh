@@ -32,6 +32,13 @@ struct CUDABackend : cuda::TensorKernels,
   using Tensor = cuda::Tensor;
   static constexpr const char* name = "cuda";
   static constexpr bool host_memory = false;  // Tensor::data() is device memory
+  // The head dims a model's attention will ask for, checked when the model is built rather
+  // than at its first step.
+  static void check_attention_heads(std::ptrdiff_t qk_dim, std::ptrdiff_t v_dim,
+                                    std::ptrdiff_t rope_dim, const char* what) {
+    check_head_dims(qk_dim, v_dim, what);
+    check_rope_dim(rope_dim, what);
+  }
   // Waits until the queued GPU work is done (wall-clock timing of a step).
   static void synchronize() { cuda::Runtime::get().synchronize(); }
 };

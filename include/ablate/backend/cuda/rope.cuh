@@ -72,13 +72,18 @@ struct RopeKernels {
   // x rows are tokens (row r has position r % seq); head h occupies columns
   // [h * head_stride, (h + 1) * head_stride) and its rotary part starts at `offset` within it.
   // inverse = true rotates by the negative angle and undoes the layout: the backward pass.
+  // A warp rotates one head's slice through shared memory: rope dims up to kRopeMaxDim.
+  static void check_rope_dim(std::ptrdiff_t rope_dim, const char* what) {
+    require(rope_dim <= kernels::kRopeMaxDim, what, ": rope_dim ", rope_dim,
+            " exceeds the CUDA maximum of ", kernels::kRopeMaxDim);
+  }
+
   static void rope_apply(Tensor& x, std::ptrdiff_t seq, std::ptrdiff_t heads,
                          std::ptrdiff_t head_stride, std::ptrdiff_t offset, std::ptrdiff_t rope_dim,
                          double theta, RopeLayout layout, bool inverse) {
     require(rope_dim >= 0 && rope_dim % 2 == 0, "rope_apply: rope_dim must be even and >= 0, got ",
             rope_dim);
-    require(rope_dim <= kernels::kRopeMaxDim, "rope_apply: rope_dim ", rope_dim,
-            " exceeds the CUDA maximum of ", kernels::kRopeMaxDim);
+    check_rope_dim(rope_dim, "rope_apply");
     require(heads >= 0 && offset >= 0 && offset + rope_dim <= head_stride,
             "rope_apply: the rotary slice [", offset, ", ", offset + rope_dim,
             ") does not fit in a head of stride ", head_stride, " (heads ", heads, ")");
