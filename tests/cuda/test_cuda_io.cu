@@ -3,9 +3,12 @@
 // loads, the random stream), and weights saved from the GPU load into a CPU model unchanged.
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../unit/io_test_util.hpp"
+#include "../unit/resume_test_util.hpp"
+#include "../unit/test_configs.hpp"
 #include "ablate/ablate.hpp"
 #include "ablate/io/io.hpp"
 #include "ablate/train/trainer.hpp"
@@ -16,53 +19,14 @@ namespace {
 using namespace ablate;
 using namespace cuda_test;
 namespace io = ablate::io;
+using resume_test::kBatches;
+using resume_test::train;
 
-using DenseMHA = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
-using Glm4MLA = Architecture<Attention<MLA>, FFN<Glm4MoE<8, 2>>, Norm<RMS>>;
-
-constexpr std::size_t kBatches = 8;
-
-ModelConfig io_config() {
-  ModelConfig cfg;
-  cfg.vocab_size = 96;
-  cfg.hidden_size = 64;
-  cfg.num_attention_heads = 4;
-  cfg.num_hidden_layers = 2;
-  cfg.intermediate_size = 128;
-  cfg.moe_intermediate_size = 32;
-  cfg.max_position_embeddings = 32;
-  cfg.hidden_dropout = 0.1;  // the random stream's position is part of the state
-  cfg.attention_dropout = 0.1;
-  cfg.q_lora_rank = 32;
-  cfg.kv_lora_rank = 32;
-  cfg.qk_rope_head_dim = 8;
-  cfg.qk_nope_head_dim = 8;
-  cfg.v_head_dim = 16;
-  return cfg;
-}
-
-TrainConfig io_train_config() {
-  TrainConfig t;
-  t.total_batches = kBatches;
-  t.grad_accumulation = 2;
-  t.warmup_divisor = 4;
-  t.optimizer.muon_lr = 0.02;
-  t.optimizer.adamw_lr = 3e-3;
-  return t;
-}
-
-Tokens io_batch(std::size_t i, std::size_t salt) {
-  Tokens t(4, 16);
-  for (std::size_t k = 0; k < t.size(); ++k)
-    t[k] = static_cast<int>((k * (3 + salt) + i * 5 + salt) % 89);
-  return t;
-}
-
-template <class M>
-void train(Trainer<M>& trainer, std::size_t from, std::size_t to, std::vector<double>& losses) {
-  for (std::size_t i = from; i < to; ++i)
-    losses.push_back(trainer.step(io_batch(i, 0), io_batch(i, 1)).stats.loss);
-}
+// The CPU resume test's architectures: dense MHA, MLA with post-LayerNorm, and a GLM4 MoE with
+// bias balancing.
+using DenseArch = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
+using MlaArch = Architecture<Attention<MLA>, FFN<MLP>, Norm<LN>, Placement<PostNorm>>;
+using MoeArch = Architecture<Attention<MHA>, FFN<Glm4MoE<4, 2>>, Norm<RMS>>;
 
 bool same_bits(const CpuTensor& a, const CpuTensor& b) {
   return a.rows() == b.rows() && a.cols() == b.cols() &&
@@ -72,11 +36,11 @@ bool same_bits(const CpuTensor& a, const CpuTensor& b) {
 }  // namespace
 
 TEST_CASE_TEMPLATE("cuda: a checkpoint resumes bit-exact and its weights load on the CPU", Arch,
-                   DenseMHA, Glm4MLA) {
+                   DenseArch, MlaArch, MoeArch) {
   using M = Model<Arch, CUDA>;
   io_test::TempDir dir;
-  const ModelConfig cfg = io_config();
-  const TrainConfig tcfg = io_train_config();
+  const ModelConfig cfg = test::small_moe_model_config();  // dropout on: the stream is state
+  const TrainConfig tcfg = resume_test::train_config();
 
   M straight(cfg, 7);
   Trainer<M> straight_trainer(straight, tcfg);
@@ -122,7 +86,7 @@ TEST_CASE_TEMPLATE("cuda: a checkpoint resumes bit-exact and its weights load on
     REQUIRE(q != nullptr);
     CHECK(same_bits(q->value, to_cpu(p.value)));
   }
-  if constexpr (std::is_same_v<Arch, Glm4MLA>) {
+  if constexpr (std::is_same_v<Arch, MoeArch>) {
     bool moved = false;
     for (std::size_t l = 0; l < straight.layers().size(); ++l) {
       const CpuTensor g = to_cpu(straight.layers()[l].ffn().router().e_score_correction_bias());

@@ -12,35 +12,20 @@
 #include <vector>
 
 #include "io_test_util.hpp"
+#include "resume_test_util.hpp"
 #include "test_configs.hpp"
 
 namespace {
 
 using namespace ablate;
 namespace io = ablate::io;
+using resume_test::kBatches;
+using resume_test::train;
+using resume_test::train_config;
 
 using DenseArch = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
 using MlaArch = Architecture<Attention<MLA>, FFN<MLP>, Norm<LN>, Placement<PostNorm>>;
 using MoeArch = Architecture<Attention<MHA>, FFN<Glm4MoE<4, 2>>, Norm<RMS>>;
-
-constexpr std::size_t kBatches = 8;
-
-TrainConfig train_config() {
-  TrainConfig t;
-  t.total_batches = kBatches;
-  t.grad_accumulation = 2;
-  t.warmup_divisor = 4;
-  t.optimizer.muon_lr = 0.02;
-  t.optimizer.adamw_lr = 3e-3;
-  return t;
-}
-
-Tokens batch(std::size_t i, std::size_t salt) {
-  Tokens t(2, 8);
-  for (std::size_t k = 0; k < t.size(); ++k)
-    t[k] = static_cast<int>((k * (3 + salt) + i * 5 + salt) % 17);
-  return t;
-}
 
 template <class M>
 bool same_tensors(const M& a, const M& b) {
@@ -59,13 +44,6 @@ bool same_tensors(const M& a, const M& b) {
     }
   }
   return true;
-}
-
-// Trains over batches [from, to), appending the losses.
-template <class M>
-void train(Trainer<M>& trainer, std::size_t from, std::size_t to, std::vector<double>& losses) {
-  for (std::size_t i = from; i < to; ++i)
-    losses.push_back(trainer.step(batch(i, 0), batch(i, 1)).stats.loss);
 }
 
 }  // namespace
