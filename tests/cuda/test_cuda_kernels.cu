@@ -357,6 +357,69 @@ TEST_CASE("cuda kernels: Newton-Schulz orthogonalisation matches the CPU backend
   }
 }
 
+TEST_CASE("cuda kernels: batched Newton-Schulz and its stacked kernels match the CPU backend") {
+  // Stacks of 3 matrices; 37 x 21 has leading dims no cuBLASLt algorithm may take (the tiled
+  // fallback's batch over grid.z), 64 x 96 the strided batched GEMM.
+  constexpr std::ptrdiff_t kCount = 3;
+  for (auto [rows, cols] : {std::tuple{64, 96}, std::tuple{96, 64}, std::tuple{37, 21}}) {
+    CAPTURE(rows);
+    CAPTURE(cols);
+    const CpuTensor x = random_tensor(kCount * rows, cols, 95),
+                    y = random_tensor(kCount * cols, rows, 96),
+                    c = random_tensor(kCount * rows, rows, 97);
+    const GpuTensor gx = to_gpu(x), gy = to_gpu(y), gc = to_gpu(c);
+    CpuTensor gram, prod, comb, tr, unit = x;
+    GpuTensor ggram, gprod, gcomb, gtr, gunit = gx;
+    CPU::gram(gram, x, kCount);
+    CUDA::gram(ggram, gx, kCount);
+    CPU::matmul(prod, x, y, kCount);
+    CUDA::matmul(gprod, gx, gy, kCount);
+    CPU::matmul_add(comb, gram, gram, 0.5, c, -2.0, kCount);
+    CUDA::matmul_add(gcomb, ggram, ggram, 0.5, gc, -2.0, kCount);
+    CPU::transpose(tr, x, kCount);
+    CUDA::transpose(gtr, gx, kCount);
+    CPU::normalize_frobenius(unit, 1e-7, kCount);
+    CUDA::normalize_frobenius(gunit, 1e-7, kCount);
+    CHECK(relative_error(ggram, gram) < kBf16Tolerance);
+    CHECK(relative_error(gprod, prod) < kBf16Tolerance);
+    CHECK(relative_error(gcomb, comb) < kBf16Tolerance);
+    CHECK(relative_error(gtr, tr) == 0.0);
+    CHECK(relative_error(gunit, unit) < kFp32Tolerance);
+
+    CpuTensor out;
+    GpuTensor gout;
+    ablate::NewtonSchulzWork<CPU> work;
+    ablate::NewtonSchulzWork<CUDA> gwork;
+    ablate::newton_schulz5<CPU>(out, x, static_cast<std::size_t>(rows),
+                                static_cast<std::size_t>(cols), 5, work, kCount);
+    ablate::newton_schulz5<CUDA>(gout, gx, static_cast<std::size_t>(rows),
+                                 static_cast<std::size_t>(cols), 5, gwork, kCount);
+    CHECK(gout.rows() == kCount * rows);
+    CHECK(relative_error(gout, out) < 6e-2);
+    // The batched GPU result is each matrix's alone on the GPU, to bf16 rounding.
+    for (std::ptrdiff_t i = 0; i < kCount; ++i) {
+      CAPTURE(i);
+      GpuTensor alone;
+      ablate::newton_schulz5<CUDA>(alone, to_gpu(CpuTensor(x.middleRows(i * rows, rows))),
+                                   static_cast<std::size_t>(rows), static_cast<std::size_t>(cols));
+      CHECK(relative_error(alone, CpuTensor(to_cpu(gout).middleRows(i * rows, rows))) < 1e-2);
+    }
+  }
+  // Rows into a stack and back into a parameter.
+  const CpuTensor m = random_tensor(5, 7, 98), stack = random_tensor(15, 7, 99);
+  CpuTensor s = stack, p = m;
+  GpuTensor gs = to_gpu(stack), gp = to_gpu(m);
+  CPU::write_rows(s, 5, m);
+  CUDA::write_rows(gs, 5, gp);
+  CPU::axpy_rows(p, -0.25, stack, 10);
+  CUDA::axpy_rows(gp, -0.25, to_gpu(stack), 10);
+  CHECK(relative_error(gs, s) == 0.0);
+  CHECK(relative_error(gp, p) < kFp32Tolerance);
+  CHECK_THROWS_AS(CUDA::write_rows(gs, 11, to_gpu(m)), ablate::invalid_input);
+  GpuTensor unused;
+  CHECK_THROWS_AS(CUDA::gram(unused, to_gpu(stack), 4), ablate::invalid_input);
+}
+
 TEST_CASE("cuda kernels: lerp, scale_add and transpose match the CPU backend") {
   const CpuTensor a = random_tensor(37, 19, 70), b = random_tensor(37, 19, 71);
   const GpuTensor ga = to_gpu(a), gb = to_gpu(b);

@@ -3,6 +3,9 @@
 
 #include <Eigen/Eigenvalues>
 #include <cmath>
+#include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "ablate/backend/cpu/backend.hpp"
@@ -147,6 +150,92 @@ TEST_CASE("train: Newton-Schulz orthogonalises") {
 
   CHECK(same_as_unfused_newton_schulz<B>(g));
   CHECK(same_as_unfused_newton_schulz<ablate::CPU>(g.cast<float>()));
+}
+
+// `count` matrices of rows x cols stacked along the rows, matrix i from random key base + i.
+template <class Backend>
+typename Backend::Tensor random_stack(Eigen::Index count, Eigen::Index rows, Eigen::Index cols,
+                                      std::uint64_t base) {
+  typename Backend::Tensor stack(count * rows, cols);
+  for (Eigen::Index i = 0; i < count; ++i) {
+    typename Backend::Tensor m(rows, cols);
+    Backend::fill_normal(m, base + static_cast<std::uint64_t>(i), 1.0);
+    Backend::write_rows(stack, i * rows, m);
+  }
+  return stack;
+}
+
+// Every matrix of a batched Newton-Schulz equals the matrix orthogonalised alone, bit for bit,
+// wide and tall (whose stack goes through the batched transpose).
+template <class Backend>
+void check_batched_newton_schulz() {
+  for (auto [rows, cols] : {std::pair<Eigen::Index, Eigen::Index>{8, 12}, {12, 8}}) {
+    CAPTURE(rows);
+    const auto g = random_stack<Backend>(3, rows, cols, 20);
+    typename Backend::Tensor out;
+    ablate::NewtonSchulzWork<Backend> work;
+    ablate::newton_schulz5<Backend>(out, g, static_cast<std::size_t>(rows),
+                                    static_cast<std::size_t>(cols), 5, work, 3);
+    REQUIRE(out.rows() == 3 * rows);
+    REQUIRE(out.cols() == cols);
+    for (Eigen::Index i = 0; i < 3; ++i) {
+      CAPTURE(i);
+      typename Backend::Tensor alone;
+      ablate::newton_schulz5<Backend>(alone, typename Backend::Tensor(g.middleRows(i * rows, rows)),
+                                      static_cast<std::size_t>(rows), static_cast<std::size_t>(cols));
+      CHECK(out.middleRows(i * rows, rows) == alone);
+    }
+  }
+}
+
+TEST_CASE("train: batched Newton-Schulz computes each matrix as it would alone") {
+  check_batched_newton_schulz<B>();
+  check_batched_newton_schulz<ablate::CPU>();
+  // A g that is not a stack of the stated matrices, and kernels given a stack that does not
+  // divide, say so.
+  Tensor out;
+  const Tensor g = random_matrix(10, 4, 1);
+  ablate::NewtonSchulzWork<B> work;
+  CHECK_THROWS_WITH_AS(ablate::newton_schulz5<B>(out, g, 4, 4, 5, work, 2),
+                       doctest::Contains("not a stack of 2 [4, 4] matrices"), ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(B::gram(out, g, 3), doctest::Contains("not a stack of 3 matrices"),
+                       ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(B::matmul(out, g, random_matrix(6, 3, 2), 2),
+                       doctest::Contains("(stacks of 2)"), ablate::invalid_input);
+  CHECK_THROWS_AS(B::write_rows(out = Tensor::Zero(4, 4), 2, random_matrix(3, 4, 3)),
+                  ablate::invalid_input);
+  CHECK_THROWS_AS(B::axpy_rows(out = Tensor::Zero(4, 4), 1.0, g, 7), ablate::invalid_input);
+}
+
+TEST_CASE("train: Muon updates same-shape parameters together exactly as one by one") {
+  // Interleaved shapes: two groups of two, and one alone; one Muon for all and one per matrix.
+  const std::vector<std::pair<std::size_t, std::size_t>> shapes = {{8, 12}, {12, 8}, {8, 12}, {12, 8}, {5, 7}};
+  ablate::ParameterStore<B> together, apart;
+  std::vector<ablate::Parameter<B>*> all, each;
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    const auto [rows, cols] = shapes[i];
+    for (auto* store : {&together, &apart}) {
+      auto& w = store->add("w" + std::to_string(i), {rows, cols}, ParamRole::Matrix);
+      w.value = random_matrix(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols), 30 + i);
+      (store == &together ? all : each).push_back(&w);
+    }
+  }
+  ablate::Muon<B> joint(all);
+  std::vector<std::unique_ptr<ablate::Muon<B>>> singles;
+  for (auto* p : each) singles.push_back(std::make_unique<ablate::Muon<B>>(std::vector{p}));
+  for (std::uint64_t step = 0; step < 2; ++step) {
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      all[i]->grad = random_matrix(all[i]->value.rows(), all[i]->value.cols(), 100 * step + i);
+      each[i]->grad = all[i]->grad;
+    }
+    joint.step(0.02);
+    for (auto& m : singles) m->step(0.02);
+  }
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    CAPTURE(i);
+    CHECK(all[i]->value == each[i]->value);
+    CHECK(joint.states()[i].momentum == singles[i]->states()[0].momentum);
+  }
 }
 
 TEST_CASE("train: Muon scales the update by sqrt(max(1, rows/cols))") {

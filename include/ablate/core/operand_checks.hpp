@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 #include "ablate/core/attention_shape.hpp"
 #include "ablate/core/error.hpp"
@@ -38,11 +39,20 @@ void linear_backward(const T* dx, const T& dw, const T* db, const T& dy, const T
   if (dx != nullptr && accumulate_dx) shape(*dx, x.rows(), x.cols(), what, "the accumulated dx");
 }
 
-// c = a b: a [m, k], b [k, n].
+// x stacks `batch` matrices of equal shape along its rows (matrix g is rows [g r, (g + 1) r)).
 template <class T>
-void matmul(const T& a, const T& b, const char* what) {
-  require(a.cols() == b.rows(), what, ": a is [", a.rows(), ", ", a.cols(), "] but b is [",
-          b.rows(), ", ", b.cols(), "]");
+void stack(const T& x, std::ptrdiff_t batch, const char* what, const char* name) {
+  require(batch >= 1 && x.rows() % batch == 0, what, ": ", name, " is [", x.rows(), ", ",
+          x.cols(), "], not a stack of ", batch, " matrices");
+}
+
+// c = a b: a [m, k], b [k, n]; batched, a stacks `batch` [m, k] and b `batch` [k, n].
+template <class T>
+void matmul(const T& a, const T& b, const char* what, std::ptrdiff_t batch = 1) {
+  stack(a, batch, what, "a");
+  stack(b, batch, what, "b");
+  require(a.cols() * batch == b.rows(), what, ": a is [", a.rows(), ", ", a.cols(), "] but b is [",
+          b.rows(), ", ", b.cols(), "]", batch > 1 ? " (stacks of " + std::to_string(batch) + ")" : "");
 }
 
 // A norm over the features of x [N, d] with per-feature parameters [1, d].

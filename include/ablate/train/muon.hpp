@@ -47,6 +47,14 @@ class Muon : public OptimizerCore<MuonState<B>, MuonOptions> {
       State& s = this->states_.emplace_back(State{p, Tensor{}});
       B::resize(s.momentum, p->rows(), p->cols());
       B::set_zero(s.momentum);
+      const std::size_t index = this->states_.size() - 1;
+      const auto same_shape = [&](const ShapeGroup& g) {
+        return g.rows == p->rows() && g.cols == p->cols();
+      };
+      if (auto g = std::find_if(groups_.begin(), groups_.end(), same_shape); g != groups_.end())
+        g->members.push_back(index);
+      else
+        groups_.push_back(ShapeGroup{p->rows(), p->cols(), {index}});
     }
   }
 
@@ -60,24 +68,44 @@ class Muon : public OptimizerCore<MuonState<B>, MuonOptions> {
   //   buf = lerp(buf, g, 1 - momentum);  u = nesterov ? lerp(g, buf, momentum) : buf;
   //   p -= lr * shape_scale * NS5(u).
   // Unlike the reference, .grad is left untouched (the Nesterov blend goes to scratch).
+  // Parameters of one shape are orthogonalised together, as one stack: on the GPU each
+  // Newton-Schulz product is then one batched GEMM for all of them (the CPU computes each
+  // matrix as it would alone, so the update is the same either way).
   void step(double lr) {
     const MuonOptions& o = this->options_;
     ++this->steps_;
-    for (State& s : this->states_) {
-      Parameter<B>& p = *s.param;
-      B::lerp_inplace(s.momentum, p.grad, 1.0 - o.momentum);
-      const Tensor* u = &s.momentum;
-      if (o.nesterov) {
-        B::lerp(blend_, p.grad, s.momentum, o.momentum);
-        u = &blend_;
+    for (const ShapeGroup& group : groups_) {
+      const auto rows = static_cast<std::ptrdiff_t>(group.rows);
+      B::resize(stack_, rows * static_cast<std::ptrdiff_t>(group.members.size()),
+                static_cast<std::ptrdiff_t>(group.cols));
+      for (std::size_t i = 0; i < group.members.size(); ++i) {
+        State& s = this->states_[group.members[i]];
+        Parameter<B>& p = *s.param;
+        B::lerp_inplace(s.momentum, p.grad, 1.0 - o.momentum);
+        const Tensor* u = &s.momentum;
+        if (o.nesterov) {
+          B::lerp(blend_, p.grad, s.momentum, o.momentum);
+          u = &blend_;
+        }
+        B::write_rows(stack_, static_cast<std::ptrdiff_t>(i) * rows, *u);
       }
-      newton_schulz5<B>(update_, *u, p.rows(), p.cols(), o.ns_steps, work_);
-      B::axpy(p.value, -lr * shape_scale(p.rows(), p.cols()), update_);
+      newton_schulz5<B>(update_, stack_, group.rows, group.cols, o.ns_steps, work_,
+                        group.members.size());
+      const double scale = -lr * shape_scale(group.rows, group.cols);
+      for (std::size_t i = 0; i < group.members.size(); ++i)
+        B::axpy_rows(this->states_[group.members[i]].param->value, scale, update_,
+                     static_cast<std::ptrdiff_t>(i) * rows);
     }
   }
 
  private:
-  Tensor blend_, update_;  // scratch shared by all parameters
+  // The parameters of one shape (indices into the states, in parameter order).
+  struct ShapeGroup {
+    std::size_t rows = 0, cols = 0;
+    std::vector<std::size_t> members;
+  };
+  std::vector<ShapeGroup> groups_;
+  Tensor blend_, stack_, update_;  // scratch shared by all parameters
   NewtonSchulzWork<B> work_;
 };
 

@@ -36,27 +36,48 @@ struct LinearKernels {
     }
   }
 
+  // Batched (batch > 1), every operand of the products below is a stack (cpu/tensor.hpp) and
+  // matrix g of the result is the product of the operands' matrices g.
+
   // c = a b (plain GEMM; used by optimizers).
-  static void matmul(Tensor& c, const Tensor& a, const Tensor& b) {
-    checks::matmul(a, b, "matmul");
+  static void matmul(Tensor& c, const Tensor& a, const Tensor& b, Eigen::Index batch = 1) {
+    checks::matmul(a, b, "matmul", batch);
     c.resize(a.rows(), b.cols());
-    c.noalias() = a * b;
+    if (batch == 1) {
+      c.noalias() = a * b;
+      return;
+    }
+    for_each_stacked(c, a, batch, [&](Tensor& cg, const Tensor& ag, Eigen::Index g) {
+      matmul(cg, ag, stacked_matrix(b, g, batch));
+    });
   }
   // d = alpha a b + beta c, c shaped like a b; d must not alias a, b or c.  Exactly matmul then
   // scale_add(d, alpha, c, beta), rounding for rounding (the CUDA backend does the combination
   // in its GEMM's epilogue).
   static void matmul_add(Tensor& d, const Tensor& a, const Tensor& b, double alpha,
-                         const Tensor& c, double beta) {
-    checks::matmul(a, b, "matmul_add");
+                         const Tensor& c, double beta, Eigen::Index batch = 1) {
+    checks::matmul(a, b, "matmul_add", batch);
     checks::shape(c, a.rows(), b.cols(), "matmul_add", "c");
     d.resize(a.rows(), b.cols());
-    d.noalias() = a * b;
-    OptimizerKernels<S>::scale_add(d, alpha, c, beta);
+    if (batch == 1) {
+      d.noalias() = a * b;
+      OptimizerKernels<S>::scale_add(d, alpha, c, beta);
+      return;
+    }
+    for_each_stacked(d, a, batch, [&](Tensor& dg, const Tensor& ag, Eigen::Index g) {
+      matmul_add(dg, ag, stacked_matrix(b, g, batch), alpha, stacked_matrix(c, g, batch), beta);
+    });
   }
   // c = a a^T
-  static void gram(Tensor& c, const Tensor& a) {
-    c.resize(a.rows(), a.rows());
-    c.noalias() = a * a.transpose();
+  static void gram(Tensor& c, const Tensor& a, Eigen::Index batch = 1) {
+    checks::stack(a, batch, "gram", "a");
+    const Eigen::Index m = a.rows() / batch;
+    c.resize(a.rows(), m);
+    if (batch == 1) {
+      c.noalias() = a * a.transpose();
+      return;
+    }
+    for_each_stacked(c, a, batch, [&](Tensor& cg, const Tensor& ag, Eigen::Index) { gram(cg, ag); });
   }
 };
 

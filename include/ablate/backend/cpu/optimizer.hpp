@@ -71,10 +71,18 @@ struct OptimizerKernels {
     y = static_cast<S>(a) * y + static_cast<S>(b) * x;
   }
 
-  // dst = src^T (dst must not be src).
-  static void transpose(Tensor& dst, const Tensor& src) {
-    dst.resize(src.cols(), src.rows());
-    dst = src.transpose();
+  // dst = src^T (dst must not be src); batched, each matrix of the stack src [batch r, c]
+  // transposed in place in the stack dst [batch c, r].
+  static void transpose(Tensor& dst, const Tensor& src, Eigen::Index batch = 1) {
+    checks::stack(src, batch, "transpose", "src");
+    const Eigen::Index r = src.rows() / batch;
+    dst.resize(batch * src.cols(), r);
+    if (batch == 1) {
+      dst = src.transpose();
+      return;
+    }
+    for_each_stacked(dst, src, batch,
+                     [&](Tensor& out, const Tensor& g, Eigen::Index) { transpose(out, g); });
   }
 };
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ablate/core/error.hpp"
+#include "ablate/core/operand_checks.hpp"
 #include "ablate/core/parallel.hpp"
 #include "ablate/core/random.hpp"
 
@@ -16,6 +17,28 @@ namespace ablate::cpu {
 
 template <class S>
 using Matrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// Stacks: `batch` matrices of one shape along the rows of one tensor, matrix g in rows
+// [g r, (g + 1) r).  Newton-Schulz orthogonalises all of an optimizer's same-shape matrices
+// as one stack (one batched GEMM each on the GPU).  On the CPU each matrix goes through a
+// contiguous copy, so a batched kernel computes bit for bit what `batch` single calls compute.
+
+// Matrix g of the stack x, as a contiguous copy.
+template <class S>
+Matrix<S> stacked_matrix(const Matrix<S>& x, Eigen::Index g, Eigen::Index batch) {
+  const Eigen::Index r = x.rows() / batch;
+  return x.middleRows(g * r, r);
+}
+// Matrix g of the stack `out` (already sized) = f(result, matrix g of the stack a, g).
+template <class S, class F>
+void for_each_stacked(Matrix<S>& out, const Matrix<S>& a, Eigen::Index batch, F&& f) {
+  const Eigen::Index r = out.rows() / batch;
+  Matrix<S> result;
+  for (Eigen::Index g = 0; g < batch; ++g) {
+    f(result, stacked_matrix(a, g, batch), g);
+    out.middleRows(g * r, r) = result;
+  }
+}
 
 template <class S>
 struct TensorKernels {
@@ -30,6 +53,20 @@ struct TensorKernels {
   static void scale_inplace(Tensor& y, double s) { y *= static_cast<S>(s); }
   // y += s * x
   static void axpy(Tensor& y, double s, const Tensor& x) { y += static_cast<S>(s) * x; }
+  // y += s * x[row, row + y.rows()): one matrix of a stack into its parameter.
+  static void axpy_rows(Tensor& y, double s, const Tensor& x, Eigen::Index row) {
+    require(row >= 0 && row + y.rows() <= x.rows() && x.cols() == y.cols(), "axpy_rows: rows [",
+            row, ", ", row + y.rows(), ") of a [", x.rows(), ", ", x.cols(), "] tensor into [",
+            y.rows(), ", ", y.cols(), "]");
+    y += static_cast<S>(s) * x.middleRows(row, y.rows());
+  }
+  // dst[row, row + src.rows()) = src; dst keeps its size (a matrix into its stack).
+  static void write_rows(Tensor& dst, Eigen::Index row, const Tensor& src) {
+    require(row >= 0 && row + src.rows() <= dst.rows() && src.cols() == dst.cols(),
+            "write_rows: [", src.rows(), ", ", src.cols(), "] at row ", row, " of [", dst.rows(),
+            ", ", dst.cols(), "]");
+    dst.middleRows(row, src.rows()) = src;
+  }
 
   // dst = src[:, offset, offset + count)
   static void slice_columns(Tensor& dst, const Tensor& src, Eigen::Index offset, Eigen::Index count) {
@@ -53,9 +90,18 @@ struct TensorKernels {
     for (const Tensor* t : ts) sum += sum_squares(*t);
     return sum;
   }
-  // x *= 1 / (||x||_F + eps): the normalisation before Newton-Schulz.
-  static void normalize_frobenius(Tensor& x, double eps) {
-    scale_inplace(x, 1.0 / (std::sqrt(sum_squares(x)) + eps));
+  // x *= 1 / (||x||_F + eps): the normalisation before Newton-Schulz; batched, each matrix of
+  // the stack by its own norm.
+  static void normalize_frobenius(Tensor& x, double eps, Eigen::Index batch = 1) {
+    checks::stack(x, batch, "normalize_frobenius", "x");
+    if (batch == 1) {
+      scale_inplace(x, 1.0 / (std::sqrt(sum_squares(x)) + eps));
+      return;
+    }
+    for_each_stacked(x, x, batch, [&](Tensor& out, const Tensor& xg, Eigen::Index) {
+      out = xg;
+      normalize_frobenius(out, eps);
+    });
   }
 
   // Fills with normal(0, stddev) drawn from the counter-based generator under `key`.

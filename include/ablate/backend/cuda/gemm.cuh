@@ -8,7 +8,9 @@
 // per operand alignment (an algorithm chosen for 256-byte aligned operands may not run on a
 // view that starts mid-row).
 // Shapes cuBLASLt finds no algorithm for (tiny, odd leading dimensions) run a tiled SIMT kernel
-// on the same bf16 operands.
+// on the same bf16 operands.  Batched (batch > 1), each operand holds `batch` matrices one
+// after another (a stack: matrix g of A starts m k elements after matrix g - 1) and one strided
+// batched GEMM computes all the products.
 #pragma once
 
 #include <cublasLt.h>
@@ -23,6 +25,7 @@
 
 #include "ablate/backend/cuda/buffer.cuh"
 #include "ablate/backend/cuda/launch.cuh"
+#include "ablate/core/error.hpp"
 
 namespace ablate::cuda {
 
@@ -32,37 +35,43 @@ ABLATE_KERNEL void to_bf16(__nv_bfloat16* y, const float* x, std::size_t n) {
   ABLATE_GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]);
 }
 
-// Fallback GEMM, 16x16 tiles.  A is [M,K] (or [K,M] when ta), B is [K,N] (or [N,K] when tb).
-// 64-bit indices (an LM-head operand has more than 2^31 elements); the row tiles are strided
-// over grid.y, which is limited to 65535 blocks.
+// Fallback GEMM, 16x16 tiles.  A is [M,K] (or [K,M] when ta), B is [K,N] (or [N,K] when tb);
+// matrix z of a batch over grid.z.  64-bit indices (an LM-head operand has more than 2^31
+// elements); the row tiles are strided over grid.y and the batch over grid.z, each limited to
+// 65535 blocks.
 constexpr int kGemmTile = 16;
 constexpr unsigned kGemmMaxRowBlocks = 65535;
 ABLATE_KERNEL void gemm_tiled(float* c, const __nv_bfloat16* a, const __nv_bfloat16* b,
                               std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, bool ta,
                               bool tb, float alpha, float beta, const float* bias,
-                              const float* c_in) {
+                              const float* c_in, std::ptrdiff_t batch) {
   __shared__ float as[kGemmTile][kGemmTile + 1];
   __shared__ float bs[kGemmTile][kGemmTile + 1];
   const std::ptrdiff_t col = blockIdx.x * static_cast<std::ptrdiff_t>(kGemmTile) + threadIdx.x;
+  for (std::ptrdiff_t z = blockIdx.z; z < batch; z += gridDim.z) {
   for (std::ptrdiff_t row0 = blockIdx.y * static_cast<std::ptrdiff_t>(kGemmTile); row0 < m;
        row0 += static_cast<std::ptrdiff_t>(gridDim.y) * kGemmTile) {
     const std::ptrdiff_t row = row0 + threadIdx.y;
     float acc = 0.f;
     for (std::ptrdiff_t t = 0; t < k; t += kGemmTile) {
       const std::ptrdiff_t ak = t + threadIdx.x, bk = t + threadIdx.y;
+      const __nv_bfloat16* az = a + z * m * k;
+      const __nv_bfloat16* bz = b + z * k * n;
       as[threadIdx.y][threadIdx.x] =
-          row < m && ak < k ? __bfloat162float(ta ? a[ak * m + row] : a[row * k + ak]) : 0.f;
+          row < m && ak < k ? __bfloat162float(ta ? az[ak * m + row] : az[row * k + ak]) : 0.f;
       bs[threadIdx.y][threadIdx.x] =
-          col < n && bk < k ? __bfloat162float(tb ? b[col * k + bk] : b[bk * n + col]) : 0.f;
+          col < n && bk < k ? __bfloat162float(tb ? bz[col * k + bk] : bz[bk * n + col]) : 0.f;
       __syncthreads();
       for (int j = 0; j < kGemmTile; ++j) acc += as[threadIdx.y][j] * bs[j][threadIdx.x];
       __syncthreads();
     }
     if (row < m && col < n) {
+      const std::ptrdiff_t at = z * m * n + row * n + col;
       float v = alpha * acc + (bias != nullptr ? bias[col] : 0.f);
-      if (beta != 0.f) v += beta * c_in[row * n + col];
-      c[row * n + col] = v;
+      if (beta != 0.f) v += beta * c_in[at];
+      c[at] = v;
     }
+  }
   }
 }
 
@@ -79,42 +88,48 @@ class Gemm {
 
   // c = alpha op(a) op(b) + beta c_in (+ bias per column): c is [m, n] row-major; a is [m, k]
   // ([k, m] if ta); b is [k, n] ([n, k] if tb); c_in, shaped like c, is c itself when null.
+  // With batch > 1 every operand is a stack of `batch` such matrices (no bias).
   void run(float* c, const float* a, bool ta, const float* b, bool tb, std::ptrdiff_t m,
            std::ptrdiff_t n, std::ptrdiff_t k, float alpha, float beta, const float* bias,
-           const float* c_in = nullptr) {
-    if (m == 0 || n == 0) return;
-    const std::size_t a_n = static_cast<std::size_t>(m * k), b_n = static_cast<std::size_t>(k * n);
+           const float* c_in = nullptr, std::ptrdiff_t batch = 1) {
+    if (m == 0 || n == 0 || batch == 0) return;
+    const auto a_n = static_cast<std::size_t>(batch * m * k), b_n = static_cast<std::size_t>(batch * k * n);
     __nv_bfloat16* a16 = scratch<__nv_bfloat16, 0>(a_n > 0 ? a_n : 1);
     convert(a16, a, a_n);
     if (b == a && b_n == a_n) {  // X X^T, A A (Newton-Schulz): one rounding serves both
-      run_bf16(c, a16, ta, a16, tb, m, n, k, alpha, beta, bias, c_in);
+      run_bf16(c, a16, ta, a16, tb, m, n, k, alpha, beta, bias, c_in, batch);
       return;
     }
     __nv_bfloat16* b16 = scratch<__nv_bfloat16, 1>(b_n > 0 ? b_n : 1);
     convert(b16, b, b_n);
-    run_bf16(c, a16, ta, b16, tb, m, n, k, alpha, beta, bias, c_in);
+    run_bf16(c, a16, ta, b16, tb, m, n, k, alpha, beta, bias, c_in, batch);
   }
 
   // The same on operands already in bf16.
   void run_bf16(float* c, const __nv_bfloat16* a16, bool ta, const __nv_bfloat16* b16, bool tb,
                 std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, float alpha, float beta,
-                const float* bias, const float* c_in = nullptr) {
-    if (m == 0 || n == 0) return;
+                const float* bias, const float* c_in = nullptr, std::ptrdiff_t batch = 1) {
+    if (m == 0 || n == 0 || batch == 0) return;
+    require(batch == 1 || bias == nullptr, "Gemm: a batched GEMM takes no bias");
     if (c_in == nullptr) c_in = c;
     const Plan* plan = nullptr;
     if (k > 0) {
-      // cuBLASLt's X is b, its Y is a (see make_plan).
-      const Alignments al{alignment(b16, tb ? k : n, 2), alignment(a16, ta ? m : k, 2),
-                          alignment(c_in, n, 4), alignment(c, n, 4)};
-      plan = find_plan(m, n, k, ta, tb, bias != nullptr, al);
+      // cuBLASLt's X is b, its Y is a (see make_plan); a batch's matrices start a whole
+      // matrix apart, which also bounds their alignment.
+      const std::ptrdiff_t step = batch > 1 ? 1 : 0;
+      const Alignments al{alignment(b16, tb ? k : n, 2, step * k * n),
+                          alignment(a16, ta ? m : k, 2, step * m * k),
+                          alignment(c_in, n, 4, step * m * n), alignment(c, n, 4, step * m * n)};
+      plan = find_plan(m, n, k, ta, tb, bias != nullptr, al, batch);
     }
     if (plan == nullptr) {
       const dim3 block(kernels::kGemmTile, kernels::kGemmTile);
       const std::ptrdiff_t row_tiles = (m + kernels::kGemmTile - 1) / kernels::kGemmTile;
       const dim3 grid(static_cast<unsigned>((n + kernels::kGemmTile - 1) / kernels::kGemmTile),
-                      static_cast<unsigned>(std::min<std::ptrdiff_t>(row_tiles, kernels::kGemmMaxRowBlocks)));
+                      static_cast<unsigned>(std::min<std::ptrdiff_t>(row_tiles, kernels::kGemmMaxRowBlocks)),
+                      static_cast<unsigned>(std::min<std::ptrdiff_t>(batch, kernels::kGemmMaxRowBlocks)));
       kernels::gemm_tiled<<<grid, block, 0, stream()>>>(c, a16, b16, m, n, k, ta, tb, alpha, beta,
-                                                        bias, c_in);
+                                                        bias, c_in, batch);
       ABLATE_CUDA_CHECK_LAUNCH("gemm_tiled");
       return;
     }
@@ -171,32 +186,37 @@ class Gemm {
   // Everything the descriptors and the heuristic's choice depend on (beta does not, and the
   // heuristic sees C and D only through their layout and alignment).
   using Key = std::tuple<std::ptrdiff_t, std::ptrdiff_t, std::ptrdiff_t, bool, bool, bool,
-                         std::tuple<std::uint32_t, std::uint32_t, std::uint32_t, std::uint32_t>>;
+                         std::tuple<std::uint32_t, std::uint32_t, std::uint32_t, std::uint32_t>,
+                         std::ptrdiff_t>;
 
   // The runtime first, so that it outlives this singleton's descriptors.
   Gemm() { (void)Runtime::get(); }
 
-  // The largest power of two up to 256 bytes that divides both the operand's start address and
-  // its row pitch (ld elements of elem bytes): what every row of it is aligned to.
-  static std::uint32_t alignment(const void* p, std::ptrdiff_t ld, std::size_t elem) {
+  // The largest power of two up to 256 bytes that divides the operand's start address, its row
+  // pitch (ld elements of elem bytes) and its batch stride (elements; 0 when not batched):
+  // what every row of every matrix of it is aligned to.
+  static std::uint32_t alignment(const void* p, std::ptrdiff_t ld, std::size_t elem,
+                                 std::ptrdiff_t batch_stride = 0) {
     const auto address = reinterpret_cast<std::uintptr_t>(p);
     const auto pitch = static_cast<std::size_t>(ld) * elem;
+    const auto stride = static_cast<std::size_t>(batch_stride) * elem;
     std::uint32_t a = 256;
-    while (a > elem && (address % a != 0 || pitch % a != 0)) a /= 2;
+    while (a > elem && (address % a != 0 || pitch % a != 0 || stride % a != 0)) a /= 2;
     return a;
   }
 
-  // The plan for this shape and alignment, or null when cuBLASLt has no algorithm for it.
+  // The plan for this shape, alignment and batch, or null when cuBLASLt has no algorithm for it.
   const Plan* find_plan(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, bool ta, bool tb,
-                        bool bias, const Alignments& al) {
-    const Key key{m, n, k, ta, tb, bias, al.tie()};
+                        bool bias, const Alignments& al, std::ptrdiff_t batch) {
+    const Key key{m, n, k, ta, tb, bias, al.tie(), batch};
     auto it = plans_.find(key);
-    if (it == plans_.end()) it = plans_.emplace(key, make_plan(m, n, k, ta, tb, bias, al)).first;
+    if (it == plans_.end())
+      it = plans_.emplace(key, make_plan(m, n, k, ta, tb, bias, al, batch)).first;
     return it->second.usable ? &it->second : nullptr;
   }
 
   static Plan make_plan(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, bool ta, bool tb,
-                        bool bias, const Alignments& al) {
+                        bool bias, const Alignments& al, std::ptrdiff_t batch) {
     Plan p;
     ABLATE_CUDA_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     // Column-major view: X = B^T-buffer (first operand), Y = A^T-buffer (second operand).
@@ -219,6 +239,19 @@ class Gemm {
     ABLATE_CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.y, CUDA_R_16BF, ta ? u(m) : u(k), ta ? u(k) : u(m),
                                                  static_cast<std::int64_t>(ta ? m : k)));
     ABLATE_CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, u(n), u(m), static_cast<std::int64_t>(n)));
+    if (batch > 1) {  // strided batch: each layout's matrices one whole matrix apart
+      const auto count = static_cast<std::int32_t>(batch);
+      const std::pair<cublasLtMatrixLayout_t, std::int64_t> strided[] = {
+          {p.x, static_cast<std::int64_t>(k * n)},
+          {p.y, static_cast<std::int64_t>(m * k)},
+          {p.d, static_cast<std::int64_t>(m * n)}};
+      for (const auto& [layout, stride] : strided) {
+        ABLATE_CUDA_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                                                           &count, sizeof(count)));
+        ABLATE_CUDA_CHECK(cublasLtMatrixLayoutSetAttribute(
+            layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+      }
+    }
 
     struct Preference {
       cublasLtMatmulPreference_t p = nullptr;

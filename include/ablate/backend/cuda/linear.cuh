@@ -69,26 +69,34 @@ struct LinearKernels {
     }
   }
 
+  // Batched (batch > 1), every operand of the products below is a stack of `batch` matrices
+  // along its rows (as on the CPU) and one strided batched GEMM computes them all.
+
   // c = a b (plain GEMM; used by optimizers).
-  static void matmul(Tensor& c, const Tensor& a, const Tensor& b) {
-    checks::matmul(a, b, "matmul");
+  static void matmul(Tensor& c, const Tensor& a, const Tensor& b, std::ptrdiff_t batch = 1) {
+    checks::matmul(a, b, "matmul", batch);
     c.resize(a.rows(), b.cols());
-    gemm(c.data(), a.data(), false, b.data(), false, a.rows(), b.cols(), a.cols());
+    Gemm::get().run(c.data(), a.data(), false, b.data(), false, a.rows() / batch, b.cols(),
+                    a.cols(), 1.f, 0.f, nullptr, nullptr, batch);
   }
   // d = alpha a b + beta c, c shaped like a b; d must not alias a, b or c.  One GEMM: the
   // combination is its epilogue (beta C with C != D).
   static void matmul_add(Tensor& d, const Tensor& a, const Tensor& b, double alpha,
-                         const Tensor& c, double beta) {
-    checks::matmul(a, b, "matmul_add");
+                         const Tensor& c, double beta, std::ptrdiff_t batch = 1) {
+    checks::matmul(a, b, "matmul_add", batch);
     checks::shape(c, a.rows(), b.cols(), "matmul_add", "c");
     d.resize(a.rows(), b.cols());
-    Gemm::get().run(d.data(), a.data(), false, b.data(), false, a.rows(), b.cols(), a.cols(),
-                    static_cast<float>(alpha), static_cast<float>(beta), nullptr, c.data());
+    Gemm::get().run(d.data(), a.data(), false, b.data(), false, a.rows() / batch, b.cols(),
+                    a.cols(), static_cast<float>(alpha), static_cast<float>(beta), nullptr,
+                    c.data(), batch);
   }
   // c = a a^T
-  static void gram(Tensor& c, const Tensor& a) {
-    c.resize(a.rows(), a.rows());
-    gemm(c.data(), a.data(), false, a.data(), true, a.rows(), a.rows(), a.cols());
+  static void gram(Tensor& c, const Tensor& a, std::ptrdiff_t batch = 1) {
+    checks::stack(a, batch, "gram", "a");
+    const std::ptrdiff_t m = a.rows() / batch;
+    c.resize(a.rows(), m);
+    Gemm::get().run(c.data(), a.data(), false, a.data(), true, m, m, a.cols(), 1.f, 0.f, nullptr,
+                    nullptr, batch);
   }
 
  private:

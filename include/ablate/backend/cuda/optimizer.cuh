@@ -4,6 +4,7 @@
 // the scalar coefficients are computed on the host exactly as the CPU backend computes them.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -41,13 +42,18 @@ ABLATE_KERNEL void lerp(float* out, const float* a, const float* b, std::size_t 
 }
 
 // dst[c, r] = src[r, c] through 32 x 32 shared-memory tiles (padded against bank conflicts);
-// blocks of 32 x 8 threads, four elements per thread.  Row tiles beyond gridDim.y are looped.
+// blocks of 32 x 8 threads, four elements per thread.  Row tiles beyond gridDim.y are looped;
+// matrix z of a stack of `batch` over grid.z (also looped).
 constexpr int kTile = 32, kTileRows = 8;
-ABLATE_KERNEL void transpose(float* dst, const float* src, std::ptrdiff_t rows, std::ptrdiff_t cols) {
+ABLATE_KERNEL void transpose(float* dst_stack, const float* src_stack, std::ptrdiff_t rows,
+                             std::ptrdiff_t cols, std::ptrdiff_t batch) {
   __shared__ float tile[kTile][kTile + 1];
   const std::ptrdiff_t c0 = blockIdx.x * static_cast<std::ptrdiff_t>(kTile);
   const std::ptrdiff_t row_tiles = (rows + kTile - 1) / kTile;
+  for (std::ptrdiff_t z = blockIdx.z; z < batch; z += gridDim.z)
   for (std::ptrdiff_t ty = blockIdx.y; ty < row_tiles; ty += gridDim.y) {
+    const float* src = src_stack + z * rows * cols;
+    float* dst = dst_stack + z * rows * cols;
     const std::ptrdiff_t r0 = ty * kTile;
     // tile[j][i] = src[r0 + j, c0 + i]
     for (int j = threadIdx.y; j < kTile; j += kTileRows) {
@@ -115,16 +121,19 @@ struct OptimizerKernels {
                                         static_cast<float>(a), x.data(), static_cast<float>(b));
   }
 
-  // dst = src^T (dst must not be src).
-  static void transpose(Tensor& dst, const Tensor& src) {
-    const std::ptrdiff_t rows = src.rows(), cols = src.cols();
-    dst.resize(cols, rows);
+  // dst = src^T (dst must not be src); batched, each matrix of the stack src [batch r, c]
+  // transposed in place in the stack dst [batch c, r].
+  static void transpose(Tensor& dst, const Tensor& src, std::ptrdiff_t batch = 1) {
+    checks::stack(src, batch, "transpose", "src");
+    const std::ptrdiff_t rows = src.rows() / batch, cols = src.cols();
+    dst.resize(batch * cols, rows);
     if (rows == 0 || cols == 0) return;
     using kernels::optim::kTile;
     const std::ptrdiff_t row_tiles = (rows + kTile - 1) / kTile, col_tiles = (cols + kTile - 1) / kTile;
-    const dim3 grid(static_cast<unsigned>(col_tiles), static_cast<unsigned>(row_tiles < 65535 ? row_tiles : 65535));
+    const dim3 grid(static_cast<unsigned>(col_tiles), static_cast<unsigned>(std::min<std::ptrdiff_t>(row_tiles, 65535)),
+                    static_cast<unsigned>(std::min<std::ptrdiff_t>(batch, 65535)));
     const dim3 block(kTile, kernels::optim::kTileRows);
-    kernels::optim::transpose<<<grid, block, 0, stream()>>>(dst.data(), src.data(), rows, cols);
+    kernels::optim::transpose<<<grid, block, 0, stream()>>>(dst.data(), src.data(), rows, cols, batch);
     ABLATE_CUDA_CHECK_LAUNCH("transpose");
   }
 };

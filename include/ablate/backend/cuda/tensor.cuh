@@ -14,6 +14,7 @@
 #include "ablate/backend/cuda/buffer.cuh"
 #include "ablate/backend/cuda/launch.cuh"
 #include "ablate/core/error.hpp"
+#include "ablate/core/operand_checks.hpp"
 #include "ablate/core/random.hpp"
 
 namespace ablate::cuda {
@@ -106,19 +107,24 @@ ABLATE_KERNEL void fill_uniform(float* y, std::size_t n, std::uint64_t key, doub
 // Deterministic sum of squares: a fixed number of blocks (independent of the GPU), each
 // reducing a fixed set of elements in double, then one block adding the partials in order.
 constexpr int kReduceBlocks = 256;
+// Sums of squares in two passes, for one tensor of n elements or, over grid.y, for each of
+// the gridDim.y matrices of n elements of a stack: partial[y][x] for block x of matrix y, then
+// out[y] = the sum of matrix y's partials (one block per matrix).
 ABLATE_KERNEL void sum_squares_partial(const float* x, std::size_t n, double* partial) {
   __shared__ double scratch[kWarp];
+  const float* xy = x + blockIdx.y * n;
   double acc = 0;
-  ABLATE_GRID_STRIDE(i, n) acc += static_cast<double>(x[i]) * x[i];
+  ABLATE_GRID_STRIDE(i, n) acc += static_cast<double>(xy[i]) * xy[i];
   acc = block_sum(acc, scratch);
-  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+  if (threadIdx.x == 0) partial[blockIdx.y * static_cast<std::size_t>(gridDim.x) + blockIdx.x] = acc;
 }
 ABLATE_KERNEL void sum_partials(const double* partial, int count, double* out) {
   __shared__ double scratch[kWarp];
+  const double* py = partial + blockIdx.x * static_cast<std::size_t>(count);
   double acc = 0;
-  for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
+  for (int i = threadIdx.x; i < count; i += blockDim.x) acc += py[i];
   acc = block_sum(acc, scratch);
-  if (threadIdx.x == 0) *out = acc;
+  if (threadIdx.x == 0) out[blockIdx.x] = acc;
 }
 // out = totals[0] + totals[1] + ... in order, as the host would add them (one thread).
 ABLATE_KERNEL void sum_in_order(const double* totals, int count, double* out) {
@@ -126,10 +132,11 @@ ABLATE_KERNEL void sum_in_order(const double* totals, int count, double* out) {
   for (int i = 0; i < count; ++i) acc += totals[i];
   *out = acc;
 }
-// y *= 1 / (sqrt(*sum_sq) + eps), the factor rounded to float as scale_inplace rounds it.
-ABLATE_KERNEL void scale_by_inverse_norm(float* y, std::size_t n, const double* sum_sq, double eps) {
-  const float s = static_cast<float>(1.0 / (sqrt(*sum_sq) + eps));
-  ABLATE_GRID_STRIDE(i, n) y[i] *= s;
+// y *= 1 / (sqrt(sum_sq) + eps), the factor rounded to float as scale_inplace rounds it; in a
+// stack of matrices of `per` elements, element i by its matrix's sum_sq[i / per].
+ABLATE_KERNEL void scale_by_inverse_norm(float* y, std::size_t n, std::size_t per,
+                                         const double* sum_sq, double eps) {
+  ABLATE_GRID_STRIDE(i, n) y[i] *= static_cast<float>(1.0 / (sqrt(sum_sq[i / per]) + eps));
 }
 
 }  // namespace kernels
@@ -151,6 +158,23 @@ struct TensorKernels {
   // y += s * x
   static void axpy(Tensor& y, double s, const Tensor& x) {
     launch(kernels::axpy, y.numel(), y.data(), y.numel(), static_cast<float>(s), x.data());
+  }
+  // y += s * x[row, row + y.rows()): one matrix of a stack into its parameter.
+  static void axpy_rows(Tensor& y, double s, const Tensor& x, std::ptrdiff_t row) {
+    require(row >= 0 && row + y.rows() <= x.rows() && x.cols() == y.cols(), "axpy_rows: rows [",
+            row, ", ", row + y.rows(), ") of a [", x.rows(), ", ", x.cols(), "] tensor into [",
+            y.rows(), ", ", y.cols(), "]");
+    launch(kernels::axpy, y.numel(), y.data(), y.numel(), static_cast<float>(s),
+           x.data() + row * x.cols());
+  }
+  // dst[row, row + src.rows()) = src; dst keeps its size (a matrix into its stack).
+  static void write_rows(Tensor& dst, std::ptrdiff_t row, const Tensor& src) {
+    require(row >= 0 && row + src.rows() <= dst.rows() && src.cols() == dst.cols(),
+            "write_rows: [", src.rows(), ", ", src.cols(), "] at row ", row, " of [", dst.rows(),
+            ", ", dst.cols(), "]");
+    if (src.numel() == 0) return;
+    ABLATE_CUDA_CHECK(cudaMemcpyAsync(dst.data() + row * dst.cols(), src.data(),
+                                      src.numel() * sizeof(float), cudaMemcpyDeviceToDevice, stream()));
   }
 
   // dst = src[:, offset, offset + count)
@@ -185,11 +209,16 @@ struct TensorKernels {
     copy_to_host(&out, totals + ts.size(), 1);
     return out;
   }
-  // x *= 1 / (||x||_F + eps), the norm never leaving the device.
-  static void normalize_frobenius(Tensor& x, double eps) {
-    double* total = scratch<double, 1>(1);
-    sum_squares_to_device(total, x);
-    launch(kernels::scale_by_inverse_norm, x.numel(), x.data(), x.numel(), total, eps);
+  // x *= 1 / (||x||_F + eps), the norm never leaving the device; batched, each matrix of the
+  // stack by its own norm (three launches for the whole stack).
+  static void normalize_frobenius(Tensor& x, double eps, std::ptrdiff_t batch = 1) {
+    checks::stack(x, batch, "normalize_frobenius", "x");
+    if (x.numel() == 0) return;
+    const auto matrices = static_cast<std::size_t>(batch);
+    const std::size_t per = x.numel() / matrices;
+    double* totals = scratch<double, 1>(matrices);
+    sum_squares_to_device(totals, x.data(), per, matrices);
+    launch(kernels::scale_by_inverse_norm, x.numel(), x.data(), x.numel(), per, totals, eps);
   }
 
   // Same streams as the CPU backend: element i of the tensor is a function of (key, i).
@@ -234,10 +263,18 @@ struct TensorKernels {
  private:
   // *out = sum of squares of t, on the device (a fixed block count: deterministic).
   static void sum_squares_to_device(double* out, const Tensor& t) {
-    double* partial = scratch<double, 0>(kernels::kReduceBlocks);
-    kernels::sum_squares_partial<<<kernels::kReduceBlocks, kThreads, 0, stream()>>>(t.data(), t.numel(), partial);
+    sum_squares_to_device(out, t.data(), t.numel(), 1);
+  }
+  // out[g] = sum of squares of matrix g (of `per` elements) of the stack at x, g < matrices.
+  static void sum_squares_to_device(double* out, const float* x, std::size_t per,
+                                    std::size_t matrices) {
+    require(matrices <= 65535, "sum of squares: at most 65535 matrices in a stack, got ", matrices);
+    double* partial = scratch<double, 0>(kernels::kReduceBlocks * matrices);
+    const dim3 grid(kernels::kReduceBlocks, static_cast<unsigned>(matrices));
+    kernels::sum_squares_partial<<<grid, kThreads, 0, stream()>>>(x, per, partial);
     ABLATE_CUDA_CHECK_LAUNCH("sum_squares_partial");
-    kernels::sum_partials<<<1, kThreads, 0, stream()>>>(partial, kernels::kReduceBlocks, out);
+    kernels::sum_partials<<<static_cast<unsigned>(matrices), kThreads, 0, stream()>>>(
+        partial, kernels::kReduceBlocks, out);
     ABLATE_CUDA_CHECK_LAUNCH("sum_partials");
   }
 
