@@ -274,6 +274,32 @@ TEST_CASE("train: Muon momentum and Nesterov blend") {
   CHECK((w.value + 0.01 * ns).cwiseAbs().maxCoeff() < 1e-7);
 }
 
+TEST_CASE("train: Muon's second step follows momentum and the Nesterov blend by hand") {
+  // One step cannot tell the blend from the buffer (both are multiples of g, which NS5
+  // normalises away); the second can.  lerp(a, b, w) = a + w (b - a).
+  const Tensor g1 = random_matrix(4, 6, 11), g2 = random_matrix(4, 6, 12), w0 = random_matrix(4, 6, 13);
+  for (bool nesterov : {true, false}) {
+    CAPTURE(nesterov);
+    ablate::ParameterStore<B> store;
+    auto& w = store.add("w", {4, 6}, ParamRole::Matrix);
+    w.value = w0;
+    ablate::Muon<B> opt({&w}, {.momentum = 0.9, .nesterov = nesterov});
+    w.grad = g1;
+    opt.step(0.1);
+    w.grad = g2;
+    opt.step(0.1);
+
+    const Tensor buf1 = 0.1 * g1, buf2 = buf1 + 0.1 * (g2 - buf1);
+    const Tensor u1 = nesterov ? Tensor(g1 + 0.9 * (buf1 - g1)) : buf1;
+    const Tensor u2 = nesterov ? Tensor(g2 + 0.9 * (buf2 - g2)) : buf2;
+    Tensor ns1, ns2;
+    ablate::newton_schulz5<B>(ns1, u1, 4, 6);
+    ablate::newton_schulz5<B>(ns2, u2, 4, 6);
+    CHECK((opt.states()[0].momentum - buf2).cwiseAbs().maxCoeff() < 1e-14);
+    CHECK((w.value - (w0 - 0.1 * ns1 - 0.1 * ns2)).cwiseAbs().maxCoeff() < 1e-12);
+  }
+}
+
 TEST_CASE("train: Muon minimises a quadratic") {
   ablate::ParameterStore<B> store;
   auto& w = store.add("w", {8, 16}, ParamRole::Matrix);
