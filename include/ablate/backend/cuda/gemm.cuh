@@ -49,29 +49,29 @@ ABLATE_KERNEL void gemm_tiled(float* c, const __nv_bfloat16* a, const __nv_bfloa
   __shared__ float bs[kGemmTile][kGemmTile + 1];
   const std::ptrdiff_t col = blockIdx.x * static_cast<std::ptrdiff_t>(kGemmTile) + threadIdx.x;
   for (std::ptrdiff_t z = blockIdx.z; z < batch; z += gridDim.z) {
-  for (std::ptrdiff_t row0 = blockIdx.y * static_cast<std::ptrdiff_t>(kGemmTile); row0 < m;
-       row0 += static_cast<std::ptrdiff_t>(gridDim.y) * kGemmTile) {
-    const std::ptrdiff_t row = row0 + threadIdx.y;
-    float acc = 0.f;
-    for (std::ptrdiff_t t = 0; t < k; t += kGemmTile) {
-      const std::ptrdiff_t ak = t + threadIdx.x, bk = t + threadIdx.y;
-      const __nv_bfloat16* az = a + z * m * k;
-      const __nv_bfloat16* bz = b + z * k * n;
-      as[threadIdx.y][threadIdx.x] =
-          row < m && ak < k ? __bfloat162float(ta ? az[ak * m + row] : az[row * k + ak]) : 0.f;
-      bs[threadIdx.y][threadIdx.x] =
-          col < n && bk < k ? __bfloat162float(tb ? bz[col * k + bk] : bz[bk * n + col]) : 0.f;
-      __syncthreads();
-      for (int j = 0; j < kGemmTile; ++j) acc += as[threadIdx.y][j] * bs[j][threadIdx.x];
-      __syncthreads();
+    const __nv_bfloat16* az = a + z * m * k;
+    const __nv_bfloat16* bz = b + z * k * n;
+    for (std::ptrdiff_t row0 = blockIdx.y * static_cast<std::ptrdiff_t>(kGemmTile); row0 < m;
+         row0 += static_cast<std::ptrdiff_t>(gridDim.y) * kGemmTile) {
+      const std::ptrdiff_t row = row0 + threadIdx.y;
+      float acc = 0.f;
+      for (std::ptrdiff_t t = 0; t < k; t += kGemmTile) {
+        const std::ptrdiff_t ak = t + threadIdx.x, bk = t + threadIdx.y;
+        as[threadIdx.y][threadIdx.x] =
+            row < m && ak < k ? __bfloat162float(ta ? az[ak * m + row] : az[row * k + ak]) : 0.f;
+        bs[threadIdx.y][threadIdx.x] =
+            col < n && bk < k ? __bfloat162float(tb ? bz[col * k + bk] : bz[bk * n + col]) : 0.f;
+        __syncthreads();
+        for (int j = 0; j < kGemmTile; ++j) acc += as[threadIdx.y][j] * bs[j][threadIdx.x];
+        __syncthreads();
+      }
+      if (row < m && col < n) {
+        const std::ptrdiff_t at = z * m * n + row * n + col;
+        float v = alpha * acc + (bias != nullptr ? bias[col] : 0.f);
+        if (beta != 0.f) v += beta * c_in[at];
+        c[at] = v;
+      }
     }
-    if (row < m && col < n) {
-      const std::ptrdiff_t at = z * m * n + row * n + col;
-      float v = alpha * acc + (bias != nullptr ? bias[col] : 0.f);
-      if (beta != 0.f) v += beta * c_in[at];
-      c[at] = v;
-    }
-  }
   }
 }
 

@@ -50,23 +50,24 @@ ABLATE_KERNEL void transpose(float* dst_stack, const float* src_stack, std::ptrd
   __shared__ float tile[kTile][kTile + 1];
   const std::ptrdiff_t c0 = blockIdx.x * static_cast<std::ptrdiff_t>(kTile);
   const std::ptrdiff_t row_tiles = (rows + kTile - 1) / kTile;
-  for (std::ptrdiff_t z = blockIdx.z; z < batch; z += gridDim.z)
-  for (std::ptrdiff_t ty = blockIdx.y; ty < row_tiles; ty += gridDim.y) {
+  for (std::ptrdiff_t z = blockIdx.z; z < batch; z += gridDim.z) {
     const float* src = src_stack + z * rows * cols;
     float* dst = dst_stack + z * rows * cols;
-    const std::ptrdiff_t r0 = ty * kTile;
-    // tile[j][i] = src[r0 + j, c0 + i]
-    for (int j = threadIdx.y; j < kTile; j += kTileRows) {
-      const std::ptrdiff_t r = r0 + j, c = c0 + threadIdx.x;
-      if (r < rows && c < cols) tile[j][threadIdx.x] = src[r * cols + c];
+    for (std::ptrdiff_t ty = blockIdx.y; ty < row_tiles; ty += gridDim.y) {
+      const std::ptrdiff_t r0 = ty * kTile;
+      // tile[j][i] = src[r0 + j, c0 + i]
+      for (int j = threadIdx.y; j < kTile; j += kTileRows) {
+        const std::ptrdiff_t r = r0 + j, c = c0 + threadIdx.x;
+        if (r < rows && c < cols) tile[j][threadIdx.x] = src[r * cols + c];
+      }
+      __syncthreads();
+      // dst[c0 + j, r0 + i] = src[r0 + i, c0 + j] = tile[i][j]
+      for (int j = threadIdx.y; j < kTile; j += kTileRows) {
+        const std::ptrdiff_t c = c0 + j, r = r0 + threadIdx.x;
+        if (c < cols && r < rows) dst[c * rows + r] = tile[threadIdx.x][j];
+      }
+      __syncthreads();  // the tile is rewritten by the next iteration
     }
-    __syncthreads();
-    // dst[c0 + j, r0 + i] = src[r0 + i, c0 + j] = tile[i][j]
-    for (int j = threadIdx.y; j < kTile; j += kTileRows) {
-      const std::ptrdiff_t c = c0 + j, r = r0 + threadIdx.x;
-      if (c < cols && r < rows) dst[c * rows + r] = tile[threadIdx.x][j];
-    }
-    __syncthreads();  // the tile is rewritten by the next iteration
   }
 }
 
