@@ -46,6 +46,14 @@ void stack(const T& x, std::ptrdiff_t batch, const char* what, const char* name)
           x.cols(), "], not a stack of ", batch, " matrices");
 }
 
+// part is the matrix in rows [row, row + part.rows()) of the stack `whole`.
+template <class T>
+void stacked_rows(const T& whole, std::ptrdiff_t row, const T& part, const char* what) {
+  require(row >= 0 && row + part.rows() <= whole.rows() && part.cols() == whole.cols(), what,
+          ": rows [", row, ", ", row + part.rows(), ") of a [", whole.rows(), ", ", whole.cols(),
+          "] stack for a [", part.rows(), ", ", part.cols(), "] matrix");
+}
+
 // c = a b: a [m, k], b [k, n]; batched, a stacks `batch` [m, k] and b `batch` [k, n].
 template <class T>
 void matmul(const T& a, const T& b, const char* what, std::ptrdiff_t batch = 1) {

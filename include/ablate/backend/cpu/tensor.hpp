@@ -55,16 +55,12 @@ struct TensorKernels {
   static void axpy(Tensor& y, double s, const Tensor& x) { y += static_cast<S>(s) * x; }
   // y += s * x[row, row + y.rows()): one matrix of a stack into its parameter.
   static void axpy_rows(Tensor& y, double s, const Tensor& x, Eigen::Index row) {
-    require(row >= 0 && row + y.rows() <= x.rows() && x.cols() == y.cols(), "axpy_rows: rows [",
-            row, ", ", row + y.rows(), ") of a [", x.rows(), ", ", x.cols(), "] tensor into [",
-            y.rows(), ", ", y.cols(), "]");
+    checks::stacked_rows(x, row, y, "axpy_rows");
     y += static_cast<S>(s) * x.middleRows(row, y.rows());
   }
   // dst[row, row + src.rows()) = src; dst keeps its size (a matrix into its stack).
   static void write_rows(Tensor& dst, Eigen::Index row, const Tensor& src) {
-    require(row >= 0 && row + src.rows() <= dst.rows() && src.cols() == dst.cols(),
-            "write_rows: [", src.rows(), ", ", src.cols(), "] at row ", row, " of [", dst.rows(),
-            ", ", dst.cols(), "]");
+    checks::stacked_rows(dst, row, src, "write_rows");
     dst.middleRows(row, src.rows()) = src;
   }
 

@@ -161,17 +161,13 @@ struct TensorKernels {
   }
   // y += s * x[row, row + y.rows()): one matrix of a stack into its parameter.
   static void axpy_rows(Tensor& y, double s, const Tensor& x, std::ptrdiff_t row) {
-    require(row >= 0 && row + y.rows() <= x.rows() && x.cols() == y.cols(), "axpy_rows: rows [",
-            row, ", ", row + y.rows(), ") of a [", x.rows(), ", ", x.cols(), "] tensor into [",
-            y.rows(), ", ", y.cols(), "]");
+    checks::stacked_rows(x, row, y, "axpy_rows");
     launch(kernels::axpy, y.numel(), y.data(), y.numel(), static_cast<float>(s),
            x.data() + row * x.cols());
   }
   // dst[row, row + src.rows()) = src; dst keeps its size (a matrix into its stack).
   static void write_rows(Tensor& dst, std::ptrdiff_t row, const Tensor& src) {
-    require(row >= 0 && row + src.rows() <= dst.rows() && src.cols() == dst.cols(),
-            "write_rows: [", src.rows(), ", ", src.cols(), "] at row ", row, " of [", dst.rows(),
-            ", ", dst.cols(), "]");
+    checks::stacked_rows(dst, row, src, "write_rows");
     if (src.numel() == 0) return;
     ABLATE_CUDA_CHECK(cudaMemcpyAsync(dst.data() + row * dst.cols(), src.data(),
                                       src.numel() * sizeof(float), cudaMemcpyDeviceToDevice, stream()));
