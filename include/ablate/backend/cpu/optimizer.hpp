@@ -71,8 +71,8 @@ struct OptimizerKernels {
     y = static_cast<S>(a) * y + static_cast<S>(b) * x;
   }
 
-  // dst = src^T (dst must not be src); batched, each matrix of the stack src [batch r, c]
-  // transposed in place in the stack dst [batch c, r].
+  // dst = src^T (dst must not be src); batched, matrix g of the stack src [batch r, c]
+  // transposed into matrix g of the stack dst [batch c, r].
   static void transpose(Tensor& dst, const Tensor& src, Eigen::Index batch = 1) {
     checks::stack(src, batch, "transpose", "src");
     const Eigen::Index r = src.rows() / batch;

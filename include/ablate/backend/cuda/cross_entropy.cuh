@@ -50,8 +50,9 @@ __device__ inline long long block_min(long long v, long long* scratch) {
 // Row r = blockIdx.x: row_loss[r] = logsumexp(z) - z[t], row_hit[r] = 1 when the first maximum
 // of z is at t (else 0), and, when dlogits is not null, dlogits[r] = grad_scale *
 // (exp(z - logsumexp(z)) - onehot(t)), formed as the CPU forms it: exp(z - max) times
-// grad_scale / sum, so that large logits lose no accuracy to a rounded logsumexp.  The host has checked the targets; one outside
-// [0, cols) would still give a NaN loss, no hit and no one-hot term, not an out-of-bounds read.
+// grad_scale / sum, so that large logits lose no accuracy to a rounded logsumexp.  The host
+// has checked the targets; one outside [0, cols) would still give a NaN loss, no hit and no
+// one-hot term, not an out-of-bounds read.
 ABLATE_KERNEL void __launch_bounds__(kMaxThreads)
     rows(const float* logits, const std::int32_t* targets, std::ptrdiff_t cols, float* dlogits,
          double grad_scale, double* row_loss, double* row_hit) {

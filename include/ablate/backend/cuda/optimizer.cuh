@@ -122,8 +122,8 @@ struct OptimizerKernels {
                                         static_cast<float>(a), x.data(), static_cast<float>(b));
   }
 
-  // dst = src^T (dst must not be src); batched, each matrix of the stack src [batch r, c]
-  // transposed in place in the stack dst [batch c, r].
+  // dst = src^T (dst must not be src); batched, matrix g of the stack src [batch r, c]
+  // transposed into matrix g of the stack dst [batch c, r].
   static void transpose(Tensor& dst, const Tensor& src, std::ptrdiff_t batch = 1) {
     checks::stack(src, batch, "transpose", "src");
     const std::ptrdiff_t rows = src.rows() / batch, cols = src.cols();
