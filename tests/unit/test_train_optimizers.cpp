@@ -208,34 +208,46 @@ TEST_CASE("train: batched Newton-Schulz computes each matrix as it would alone")
 }
 
 TEST_CASE("train: Muon updates same-shape parameters together exactly as one by one") {
-  // Interleaved shapes: two groups of two, and one alone; one Muon for all and one per matrix.
-  const std::vector<std::pair<std::size_t, std::size_t>> shapes = {{8, 12}, {12, 8}, {8, 12}, {12, 8}, {5, 7}};
-  ablate::ParameterStore<B> together, apart;
-  std::vector<ablate::Parameter<B>*> all, each;
+  // Interleaved shapes: three of one, two of another, one alone. One Muon for all, one whose
+  // stacks hold at most two 8 x 12 matrices (200 elements), and one Muon per matrix.
+  const std::vector<std::pair<std::size_t, std::size_t>> shapes = {
+      {8, 12}, {12, 8}, {8, 12}, {12, 8}, {5, 7}, {8, 12}};
+  ablate::ParameterStore<B> together, capped, apart;
+  std::vector<ablate::Parameter<B>*> all, some, each;
   for (std::size_t i = 0; i < shapes.size(); ++i) {
     const auto [rows, cols] = shapes[i];
-    for (auto* store : {&together, &apart}) {
+    const Tensor start =
+        random_matrix(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols), 30 + i);
+    for (auto [store, list] : {std::pair{&together, &all}, {&capped, &some}, {&apart, &each}}) {
       auto& w = store->add("w" + std::to_string(i), {rows, cols}, ParamRole::Matrix);
-      w.value = random_matrix(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols), 30 + i);
-      (store == &together ? all : each).push_back(&w);
+      w.value = start;
+      list->push_back(&w);
     }
   }
   ablate::Muon<B> joint(all);
+  ablate::Muon<B> bounded(some, {.max_stack_elements = 200});
   std::vector<std::unique_ptr<ablate::Muon<B>>> singles;
   for (auto* p : each) singles.push_back(std::make_unique<ablate::Muon<B>>(std::vector{p}));
+  CHECK(joint.stack_count() == 3);
+  CHECK(bounded.stack_count() == 4);  // the third 8 x 12 starts a stack of its own
+  CHECK(ablate::Muon<B>(all, {.max_stack_elements = 1}).stack_count() == shapes.size());
   for (std::uint64_t step = 0; step < 2; ++step) {
     for (std::size_t i = 0; i < shapes.size(); ++i) {
       all[i]->grad = random_matrix(all[i]->value.rows(), all[i]->value.cols(), 100 * step + i);
-      each[i]->grad = all[i]->grad;
+      some[i]->grad = each[i]->grad = all[i]->grad;
     }
     joint.step(0.02);
+    bounded.step(0.02);
     for (auto& m : singles) m->step(0.02);
   }
   for (std::size_t i = 0; i < shapes.size(); ++i) {
     CAPTURE(i);
     CHECK(all[i]->value == each[i]->value);
+    CHECK(some[i]->value == each[i]->value);
     CHECK(joint.states()[i].momentum == singles[i]->states()[0].momentum);
+    CHECK(bounded.states()[i].momentum == singles[i]->states()[0].momentum);
   }
+  CHECK_THROWS_AS(ablate::Muon<B>(all, {.max_stack_elements = 0}), ablate::invalid_input);
 }
 
 TEST_CASE("train: Muon scales the update by sqrt(max(1, rows/cols))") {

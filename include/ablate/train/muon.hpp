@@ -19,6 +19,11 @@ struct MuonOptions {
   double momentum = 0.95;
   bool nesterov = true;
   int ns_steps = 5;
+  // Largest stack orthogonalised at once, in elements (a matrix larger than this is a stack of
+  // its own). Same-shape parameters beyond it form further stacks; the update is the same, but
+  // the four stack-sized scratch buffers stay bounded (64 MB each in float at the default)
+  // however many experts share a shape. Not part of a checkpoint's config: it changes no result.
+  std::size_t max_stack_elements = std::size_t{1} << 24;
 };
 
 // Per-parameter state, public so a checkpoint can save and restore it.
@@ -40,6 +45,7 @@ class Muon : public OptimizerCore<MuonState<B>, MuonOptions> {
     require(options.momentum >= 0.0 && options.momentum < 1.0,
             "Muon: momentum must be in [0, 1)");
     require(options.ns_steps >= 0, "Muon: ns_steps must be >= 0");
+    require(options.max_stack_elements >= 1, "Muon: max_stack_elements must be >= 1");
     this->states_.reserve(params.size());
     for (Parameter<B>* p : params) {
       require(p != nullptr, "Muon: null parameter");
@@ -48,10 +54,12 @@ class Muon : public OptimizerCore<MuonState<B>, MuonOptions> {
       B::resize(s.momentum, p->rows(), p->cols());
       B::set_zero(s.momentum);
       const std::size_t index = this->states_.size() - 1;
-      const auto same_shape = [&](const ShapeGroup& g) {
-        return g.rows == p->rows() && g.cols == p->cols();
+      const std::size_t size = p->rows() * p->cols();
+      const auto has_room = [&](const ShapeGroup& g) {
+        return g.rows == p->rows() && g.cols == p->cols() &&
+               (g.members.size() + 1) * size <= options.max_stack_elements;
       };
-      if (auto g = std::find_if(groups_.begin(), groups_.end(), same_shape); g != groups_.end())
+      if (auto g = std::find_if(groups_.begin(), groups_.end(), has_room); g != groups_.end())
         g->members.push_back(index);
       else
         groups_.push_back(ShapeGroup{p->rows(), p->cols(), {index}});
@@ -60,6 +68,10 @@ class Muon : public OptimizerCore<MuonState<B>, MuonOptions> {
 
   // The update's scale: sqrt(max(1, rows/cols)), so tall matrices (whose orthogonalised
   // update has smaller entries) move as much per element as wide ones.
+  // How many stacks one step orthogonalises (one per shape, more where a shape's parameters
+  // exceed max_stack_elements together).
+  std::size_t stack_count() const { return groups_.size(); }
+
   static double shape_scale(std::size_t rows, std::size_t cols) {
     return std::sqrt(std::max(1.0, static_cast<double>(rows) / static_cast<double>(cols)));
   }
@@ -99,7 +111,7 @@ class Muon : public OptimizerCore<MuonState<B>, MuonOptions> {
   }
 
  private:
-  // The parameters of one shape (indices into the states, in parameter order).
+  // Parameters of one shape orthogonalised as one stack (indices into the states, in order).
   struct ShapeGroup {
     std::size_t rows = 0, cols = 0;
     std::vector<std::size_t> members;
