@@ -266,6 +266,10 @@ TEST_CASE("safetensors: corrupt files are rejected with a message naming the pro
     rejects(file_bytes(header, f32x6).substr(0, 30), "truncated");
     rejects(file_bytes("{}", "", 1000), "exceeds the 2 bytes after the length prefix");
   }
+  SUBCASE("a NUL byte or a byte-order mark in the header (the JSON parser would stop at one and skip the other)") {
+    rejects(file_bytes(std::string("{}\0{{{ garbage", 15)), "the header holds a NUL byte");
+    rejects(file_bytes("\xEF\xBB\xBF{}"), "the header starts with a byte-order mark");
+  }
   SUBCASE("absurd header length") {
     rejects(file_bytes("{}", "", std::uint64_t{1} << 60), "exceeds the limit of 100000000 bytes");
     rejects(file_bytes("{}", "", UINT64_MAX - 1), "exceeds the limit");
@@ -424,6 +428,14 @@ TEST_CASE("safetensors: conversion and writer errors") {
   CHECK_THROWS_WITH_AS(w.add("x", Dtype::F32, {std::size_t{1} << 62, 8}, std::vector<float>{}),
                        doctest::Contains("too large"), invalid_input);
   CHECK(w.size() == 3);  // failed adds leave nothing behind
+
+  // A header over the readers' limit is refused when written, not when read back.
+  SafetensorsWriter huge;
+  huge.set_metadata("notes", std::string(ablate::io::kMaxHeaderBytes, 'x'));
+  io_test::TempDir dir;
+  CHECK_THROWS_WITH_AS(huge.write(dir / "huge.safetensors"),
+                       doctest::Contains("over the format's limit of 100000000"), invalid_input);
+  CHECK(dir.listing().empty());
 }
 
 TEST_CASE("safetensors: F8 dtypes decode") {
@@ -484,6 +496,22 @@ TEST_CASE("safetensors: writes are atomic") {
     w.write(target);
     CHECK(SafetensorsReader::open(target).find("y") != nullptr);
     CHECK(dir.listing() == "w.safetensors\n");
+  }
+  SUBCASE("a replaced file keeps its permissions") {
+    namespace fs = std::filesystem;
+    fs::permissions(target, fs::perms::owner_read | fs::perms::owner_write);
+    good.write(target);
+    CHECK(fs::status(target).permissions() == (fs::perms::owner_read | fs::perms::owner_write));
+    ablate::data::write_file_atomically(target, before);
+    CHECK(fs::status(target).permissions() == (fs::perms::owner_read | fs::perms::owner_write));
+  }
+  SUBCASE("a target name near the file system's limit (255 bytes) still has room for the temporary") {
+    const std::string name = std::string(240, 'n') + ".safetensors";
+    good.write(dir / name);
+    CHECK(ablate::data::read_file(dir / name) == before);
+    ablate::data::write_file_atomically(dir / name, "x");
+    CHECK(ablate::data::read_file(dir / name) == "x");
+    CHECK(dir.listing() == name + "\nw.safetensors\n");
   }
   SUBCASE("reading a missing file or a directory is an I/O error") {
     CHECK_THROWS_WITH_AS(SafetensorsReader::open(dir / "nope"), doctest::Contains("no such file"),

@@ -54,13 +54,15 @@ inline std::string read_file(const std::filesystem::path& path) {
   return content;
 }
 
-// Writes `bytes` to `path` so that readers see either the old file or the complete new one:
-// the data goes to a temporary file next to `path`, which is then renamed over it. Missing
-// parent directories are created.
-inline void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {
+namespace detail {
+
+// The temporary of an atomic write to `target`: beside it, so the rename stays on one file
+// system, named after it (cut to 96 bytes, so that a long target name stays within the file
+// system's limit) with a unique suffix. Creates missing parent directories.
+inline std::filesystem::path temporary_for(const std::filesystem::path& target) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  const fs::path parent = path.parent_path();
+  const fs::path parent = target.parent_path();
   if (!parent.empty()) {
     fs::create_directories(parent, ec);
     if (ec) throw io_error("cannot create directory " + parent.string() + ": " + ec.message());
@@ -68,13 +70,36 @@ inline void write_file_atomically(const std::filesystem::path& path, std::string
   static std::atomic<std::uint64_t> counter{0};
   const auto stamp = static_cast<std::uint64_t>(
       std::chrono::steady_clock::now().time_since_epoch().count());
-  fs::path temp = path;
-  temp += ".tmp-" + std::to_string(stamp) + "-" + std::to_string(counter.fetch_add(1));
+  return parent / (target.filename().string().substr(0, 96) + ".tmp-" + std::to_string(stamp) +
+                   "-" + std::to_string(counter.fetch_add(1)));
+}
+
+// Gives the temporary the permissions of the file it will replace, if there is one, before
+// any data goes in: a private checkpoint stays private. Best effort (a failure leaves the
+// temporary as created).
+inline void keep_permissions(const std::filesystem::path& target,
+                             const std::filesystem::path& temp) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(target, ec);
+  if (!ec && std::filesystem::is_regular_file(status))
+    std::filesystem::permissions(temp, status.permissions(), ec);
+}
+
+}  // namespace detail
+
+// Writes `bytes` to `path` so that readers see either the old file or the complete new one:
+// the data goes to a temporary file next to `path`, which is then renamed over it. Missing
+// parent directories are created; a replaced file's permissions are kept.
+inline void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {
+  namespace fs = std::filesystem;
+  const fs::path temp = detail::temporary_for(path);
+  std::error_code ec;
   {
     std::ofstream out(temp, std::ios::binary | std::ios::trunc);
     if (!out) {
       throw io_error("cannot create " + temp.string() + ": " + std::strerror(errno));
     }
+    detail::keep_permissions(path, temp);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     out.close();
     if (!out) {

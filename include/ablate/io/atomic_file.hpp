@@ -5,9 +5,7 @@
 // temporary of a write that was never committed.
 #pragma once
 
-#include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -32,21 +30,10 @@ namespace ablate::io {
 
 class AtomicFileWriter {
  public:
-  // Creates the temporary file (and missing parent directories of `target`).
+  // Creates the temporary file (and missing parent directories of `target`), with the
+  // permissions of the file it will replace, if any.
   explicit AtomicFileWriter(std::filesystem::path target) : target_(std::move(target)) {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    const fs::path parent = target_.parent_path();
-    if (!parent.empty()) {
-      fs::create_directories(parent, ec);
-      if (ec)
-        throw data::io_error("cannot create directory " + parent.string() + ": " + ec.message());
-    }
-    static std::atomic<std::uint64_t> counter{0};
-    const auto stamp =
-        static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-    temp_ = target_;
-    temp_ += ".tmp-" + std::to_string(stamp) + "-" + std::to_string(counter.fetch_add(1));
+    temp_ = data::detail::temporary_for(target_);
 #if ABLATE_IO_POSIX
     fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd_ < 0)
@@ -55,6 +42,7 @@ class AtomicFileWriter {
     out_.open(temp_, std::ios::binary | std::ios::trunc);
     if (!out_) throw data::io_error("cannot create " + temp_.string());
 #endif
+    data::detail::keep_permissions(target_, temp_);
     buffer_.reserve(kBufferBytes);
   }
 

@@ -3,8 +3,11 @@
 // wrong types throw; missing fields keep their defaults, so older files still load.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -72,10 +75,31 @@ void visit_fields(C& c, F&& f) requires std::is_same_v<std::remove_const_t<C>, T
   f("optimizer.adamw.weight_decay", c.optimizer.adamw.weight_decay);
 }
 
+// JSON has no inf or NaN (nlohmann would write null, which then fails to load), so a
+// non-finite double is written as the string "inf", "-inf" or "nan" and read back from it:
+// grad_clip = inf (no clipping) is a setting a run may save and resume.
+template <class T>
+nlohmann::ordered_json number_to_json(T value) {
+  if constexpr (std::is_floating_point_v<T>) {
+    if (std::isnan(value)) return "nan";
+    if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  }
+  return value;
+}
+template <class T>
+std::optional<T> non_finite_from_json(const nlohmann::json& j) {
+  if (!j.is_string()) return std::nullopt;
+  const auto& text = j.template get_ref<const std::string&>();
+  if (text == "inf") return std::numeric_limits<T>::infinity();
+  if (text == "-inf") return -std::numeric_limits<T>::infinity();
+  if (text == "nan") return std::numeric_limits<T>::quiet_NaN();
+  return std::nullopt;
+}
+
 template <class C>
 nlohmann::ordered_json config_to_json(const C& c) {
   nlohmann::ordered_json j = nlohmann::ordered_json::object();
-  visit_fields(c, [&](const char* name, const auto& value) { j[name] = value; });
+  visit_fields(c, [&](const char* name, const auto& value) { j[name] = number_to_json(value); });
   return j;
 }
 
@@ -93,15 +117,27 @@ C config_from_json(const nlohmann::json& j, std::string_view what) {
       require(it->is_boolean(), what, ": field ", name, " must be a boolean, got ", it->dump());
       field = it->template get<bool>();
     } else if constexpr (std::is_floating_point_v<T>) {
-      require(it->is_number(), what, ": field ", name, " must be a number, got ", it->dump());
+      if (const auto special = non_finite_from_json<T>(*it)) {
+        field = *special;
+        return;
+      }
+      require(it->is_number(), what, ": field ", name,
+              " must be a number (or \"inf\", \"-inf\", \"nan\"), got ", it->dump());
       field = it->template get<T>();
     } else if constexpr (std::is_unsigned_v<T>) {
       require(it->is_number_unsigned(), what, ": field ", name,
               " must be a non-negative integer, got ", it->dump());
-      field = it->template get<T>();
+      const auto v = it->template get<std::uint64_t>();
+      require(std::in_range<T>(v), what, ": field ", name, " = ", v, " is out of range");
+      field = static_cast<T>(v);
     } else {
       require(it->is_number_integer(), what, ": field ", name, " must be an integer, got ",
               it->dump());
+      // A value above INT64_MAX is stored unsigned: get<int64_t> would wrap it negative.
+      require(!it->is_number_unsigned() ||
+                  it->template get<std::uint64_t>() <=
+                      static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()),
+              what, ": field ", name, " = ", it->dump(), " is out of range");
       const auto v = it->template get<std::int64_t>();
       require(std::in_range<T>(v), what, ": field ", name, " = ", v, " is out of range");
       field = static_cast<T>(v);

@@ -757,6 +757,10 @@ class HeaderHandler {
 inline ParsedHeader parse_header(std::string_view header, std::size_t data_size,
                                  std::string_view source) {
   HeaderHandler handler(source);
+  // The JSON parser would stop at a NUL byte and skip a byte-order mark; the format's
+  // reference reader refuses both, and so does this one.
+  if (header.find('\0') != std::string_view::npos) handler.fail("the header holds a NUL byte");
+  if (header.starts_with("\xEF\xBB\xBF")) handler.fail("the header starts with a byte-order mark");
   const bool ok = nlohmann::json::sax_parse(header.begin(), header.end(), &handler,
                                             nlohmann::json::input_format_t::json, /*strict=*/true);
   if (!ok) handler.fail("not valid JSON");
@@ -1022,6 +1026,10 @@ class SafetensorsWriter {
     }
     text += "}";
     text.append((8 - text.size() % 8) % 8, ' ');
+    // Readers (this one and the Python package) refuse longer headers: never write one.
+    require(text.size() <= kMaxHeaderBytes, "SafetensorsWriter: the header would be ",
+            text.size(), " bytes, over the format's limit of ", kMaxHeaderBytes,
+            " (too much metadata or too many tensors)");
     return text;
   }
 
