@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <numeric>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -163,7 +164,8 @@ inline PreparedData prepare_data(const Settings& s) {
     for (auto& doc : documents) {
       if (corpus.num_tokens() >= kSeedMaxTokens) break;
       doc.text = detail::first_characters(doc.text, kSeedMaxCharacters);
-      corpus.add_document(tokenizer.encode(doc.text));
+      // One document at a time (the stream stops at max_tokens); errors name the document.
+      corpus.add_document(data::tokenize_documents(tokenizer, std::span(&doc, 1)).ids);
     }
     info["seed_protocol"] = {{"max_documents", kSeedMaxDocuments},
                              {"max_characters_per_document", kSeedMaxCharacters},
@@ -183,7 +185,7 @@ inline PreparedData prepare_data(const Settings& s) {
     info["separator"] = eot ? json(*eot) : json(nullptr);
     if (corpus.num_documents() < 2)
       throw std::runtime_error("the fixed protocol holds out whole documents and needs at least 2 "
-                               "(the text is too short to cut into parts)");
+                               "(the text is too short to cut into parts, or has no line break or space to cut at)");
   }
   if (corpus.num_tokens() == 0)
     throw std::runtime_error("the corpus is empty: " + std::to_string(documents.size()) +

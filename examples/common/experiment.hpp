@@ -191,10 +191,10 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
     ablate::TrainConfig train;
     train.total_batches = s.steps;
     train.warmup_divisor = def.warmup_divisor;
-    train.validate();
-    if (s.steps < train.grad_accumulation)
+    if (s.steps < train.grad_accumulation)  // what validate() checks, in terms of the flags
       throw usage_error("--steps " + std::to_string(s.steps) + " is fewer than one optimizer step (" +
                         std::to_string(train.grad_accumulation) + " batches of gradient accumulation)");
+    train.validate();
 
     const std::optional<std::string> gpu = check_backend(s.backend);
     const std::size_t threads = set_threads(s.threads);
@@ -213,15 +213,23 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
                 p.seq, p.batch, s.steps, train.grad_accumulation, s.seeds.size(),
                 backend_text(s.backend, gpu).c_str(), threads);
     std::printf("data: %s\n", data.summary.c_str());
-    if (s.save_dir) {
-      // Made now, so that a folder that cannot be made fails before any training.
+    std::printf("init: %s\n", s.init == ablate::InitScheme::Normal
+                                  ? "every Linear normal(0, 0.02)"
+                                  : "as the seed: DeepSeek attention and MLPs with PyTorch's "
+                                    "default, the rest normal(0, 0.02)");
+    // Made now, so that a folder that cannot be made fails before any training.
+    auto make_folder = [](const std::filesystem::path& dir, const char* what) {
       std::error_code ec;
-      std::filesystem::create_directories(*s.save_dir, ec);
-      if (ec || !std::filesystem::is_directory(*s.save_dir))
-        throw std::runtime_error(std::string("cannot create the --save-models folder ") +
-                                 s.save_dir->string() + ": " + (ec ? ec.message() : "not a directory"));
+      std::filesystem::create_directories(dir, ec);
+      if (ec || !std::filesystem::is_directory(dir))
+        throw std::runtime_error(std::string("cannot create the ") + what + " folder " +
+                                 dir.string() + ": " + (ec ? ec.message() : "not a directory"));
+    };
+    if (s.save_dir) {
+      make_folder(*s.save_dir, "--save-models");
       std::printf("trained models go to %s\n", s.save_dir->string().c_str());
     }
+    make_folder(s.out_dir, "--out");
     for (const auto& m : results)
       std::printf("  %-26s %9s params (%s active)  %s\n", m.spec->name.c_str(),
                   short_count(m.params.total).c_str(), short_count(m.params.active).c_str(),
@@ -250,6 +258,7 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
         {"batches", s.steps},
         {"eval_every", p.eval_every},
         {"seeds", s.seeds},
+        {"init", to_string(s.init)},
         {"train",
          {{"grad_accumulation", train.grad_accumulation},
           {"optimizer_steps", s.steps / train.grad_accumulation},
@@ -285,6 +294,7 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
     plan.steps = s.steps;
     plan.eval_every = p.eval_every;
     plan.train = train;
+    plan.init = s.init;
     plan.eval_during = data.eval_during;
     plan.eval_final = data.eval_final;
     if (s.save_dir) {

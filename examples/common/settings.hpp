@@ -17,6 +17,8 @@
 #include <vector>
 
 #include <ablate/core/config.hpp>
+#include <ablate/core/init.hpp>
+#include <ablate/data/bpe_tokenizer.hpp>
 
 #include "models.hpp"
 
@@ -32,6 +34,17 @@ class usage_error : public std::runtime_error {
 
 enum class Protocol { fixed, seed };
 inline const char* to_string(Protocol p) { return p == Protocol::fixed ? "fixed" : "seed"; }
+inline const char* to_string(ablate::InitScheme i) {
+  return i == ablate::InitScheme::Normal ? "normal" : "seed";
+}
+
+// Largest values the size flags take: beyond them a run cannot fit in memory anyway, and
+// products of them stay far from overflowing.
+inline constexpr std::size_t kMaxWidth = std::size_t{1} << 16;   // --hidden
+inline constexpr std::size_t kMaxCount = std::size_t{1} << 20;   // --seq, --batch, ...
+inline constexpr std::size_t kMaxThreads = 1024;
+inline constexpr auto kMaxVocab =
+    static_cast<std::size_t>(ablate::data::Gpt2Tokenizer::kMaxVocabSize);
 
 // Sizes and schedule of one preset.
 struct Preset {
@@ -77,6 +90,9 @@ struct Settings {
   bool params_only = false;
   std::optional<std::size_t> params_vocab;
   std::size_t threads = 0;  // 0: OpenMP's default (all cores, or OMP_NUM_THREADS)
+  // Fixed protocol: every Linear normal(0, 0.02), so that models differ only in their blocks.
+  // Seed protocol: as the seed, where DeepSeek modules kept PyTorch's default init.
+  ablate::InitScheme init = ablate::InitScheme::Normal;
   std::optional<fs::path> save_dir;       // --save-models: one file per model and seed
   std::optional<fs::path> evaluate_file;  // --evaluate: evaluate this saved model and exit
   std::string command_line;
@@ -150,11 +166,17 @@ class CommandLine {
     app_.footer(
         "Presets: full = the seed's sizes and recipe; quick = scaled to finish on a 2-core CPU "
         "(see examples/RESULTS.md).\nProtocols: fixed = causal attention, real MoE layers, "
-        "held-out documents, several seeds; seed = the seed runs as they were, flaws included.");
+        "held-out documents, one init for every Linear, several seeds; seed = the seed runs as they "
+        "were, flaws included.");
     // A flag given twice takes its last value, so wrapper scripts can pass defaults first.
     app_.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     app_.add_option("--protocol", protocol_, "fixed (default) or seed")
         ->check(CLI::IsMember({"fixed", "seed"}));
+    app_.add_option("--init", init_,
+                    "normal: every Linear normal(0, 0.02) (the fixed protocol's default); seed: "
+                    "DeepSeek attention and MLPs keep PyTorch's default init, as in the seed runs "
+                    "(the seed protocol's default)")
+        ->check(CLI::IsMember({"normal", "seed"}));
     app_.add_option("--preset", preset_, "full (default: the seed's exact sizes) or quick")
         ->check(CLI::IsMember({"quick", "full"}));
     app_.add_option("--backend", backend_,
@@ -188,21 +210,33 @@ class CommandLine {
         ->type_name("FILE");
     app_.add_flag("--params", params_, "print 'name parameter_count' per model and exit");
     app_.add_flag("--tiny", tiny_, "a tiny model for smoke tests (d 32, 2 heads, 1 layer, seq 16, batch 4)");
-    app_.add_option("--hidden", hidden_, "hidden size (overrides the preset)")->check(CLI::PositiveNumber);
-    app_.add_option("--heads", heads_, "attention heads")->check(CLI::PositiveNumber);
-    app_.add_option("--layers", layers_, "transformer blocks")->check(CLI::PositiveNumber);
-    app_.add_option("--seq", seq_, "window length in tokens")->check(CLI::PositiveNumber);
-    app_.add_option("--batch", batch_, "windows per batch")->check(CLI::PositiveNumber);
+    // Every size flag has a range: the parser would otherwise wrap "-1" to 2^64 - 1.
+    const CLI::Range count(std::size_t{1}, kMaxCount);
+    app_.add_option("--hidden", hidden_, "hidden size (overrides the preset)")
+        ->check(CLI::Range(std::size_t{1}, kMaxWidth));
+    app_.add_option("--heads", heads_, "attention heads")->check(count);
+    app_.add_option("--layers", layers_, "transformer blocks")->check(count);
+    app_.add_option("--seq", seq_, "window length in tokens")->check(count);
+    app_.add_option("--batch", batch_, "windows per batch")->check(count);
     app_.add_option("--eval-every", eval_every_, "batches between evaluations")
-        ->check(CLI::PositiveNumber);
+        ->check(CLI::Range(std::size_t{1}, std::size_t{100000000}));
     app_.add_option("--eval-windows", eval_windows_,
                     "fixed protocol: validation windows for the evaluations before the last "
-                    "(0: all; the last evaluation always uses all)");
+                    "(0: all; the last evaluation always uses all)")
+        ->check(CLI::Range(std::size_t{0}, kMaxCount));
     app_.add_option("--compact-vocab", compact_vocab_,
-                    "remap ids to the N-1 most frequent training tokens + one 'other' id (0: off)");
-    app_.add_option("--split-seed", split_seed_, "seed of the train/validation split (default 0)");
+                    "remap ids to the N-1 most frequent training tokens + one 'other' id (0: off)")
+        ->check(CLI::Range(std::size_t{0}, kMaxVocab));
+    app_.add_option("--split-seed", split_seed_, "seed of the train/validation split (default 0)")
+        ->check(CLI::Validator(
+            [](std::string& text) {
+              return text.find('-') == std::string::npos ? std::string()
+                                                         : "must not be negative, got " + text;
+            },
+            "", "no sign"));
     app_.add_option("--threads", threads_,
-                    "CPU threads (0: all cores or OMP_NUM_THREADS; default: 1 for quick, 0 for full)");
+                    "CPU threads (0: all cores or OMP_NUM_THREADS; default: 1 for quick, 0 for full)")
+        ->check(CLI::Range(std::size_t{0}, kMaxThreads));
   }
 
   CLI::App& app() { return app_; }
@@ -220,6 +254,8 @@ class CommandLine {
           "and cuBLAS; see \"The CUDA backend\" in README.md) and ABLATE_EXAMPLES_CUDA=ON, "
           "rebuild, or use --backend cpu");
     s.protocol = protocol_ == "seed" ? Protocol::seed : Protocol::fixed;
+    const std::string init = !init_.empty() ? init_ : s.protocol == Protocol::seed ? "seed" : "normal";
+    s.init = init == "seed" ? ablate::InitScheme::Seed : ablate::InitScheme::Normal;
     s.preset = preset_ == "quick" ? def_.quick : def_.full;
     s.tiny = tiny_;
     Preset& p = s.preset;
@@ -283,8 +319,9 @@ class CommandLine {
     if (params_) {
       if (!vocab_.empty()) {
         const auto v = detail::parse_uint(vocab_);
-        if (!v || *v == 0)
-          throw usage_error("with --params, --vocab takes a vocabulary size, got \"" + vocab_ + "\"");
+        if (!v || *v == 0 || *v > kMaxVocab)
+          throw usage_error("with --params, --vocab takes a vocabulary size (1.." +
+                            std::to_string(kMaxVocab) + "), got \"" + vocab_ + "\"");
         s.params_vocab = static_cast<std::size_t>(*v);
       }
     } else {
@@ -303,7 +340,7 @@ class CommandLine {
  private:
   const ExperimentDef& def_;
   CLI::App app_;
-  std::string protocol_ = "fixed", preset_ = "full", backend_ = "cpu";
+  std::string protocol_ = "fixed", preset_ = "full", backend_ = "cpu", init_;
   std::size_t steps_ = 0;
   std::string seeds_, models_;
   std::string data_ = ".cache/ablate-data";

@@ -55,6 +55,7 @@ struct RunPlan {
   std::size_t steps = 0;       // training batches
   std::size_t eval_every = 100;
   ablate::TrainConfig train;
+  ablate::InitScheme init = ablate::InitScheme::Normal;  // how fresh models are initialised
   std::vector<std::size_t> eval_during;  // validation windows of the evaluations before the last
   std::vector<std::size_t> eval_final;   // validation windows of the last evaluation
   std::string label;                     // progress-bar prefix, e.g. "[2/15] mlp_512d seed 1"
@@ -105,7 +106,7 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
                     Progress& progress) {
   using Clock = std::chrono::steady_clock;
   using Model = ablate::Model<Arch, B>;
-  Model model(cfg, seed);
+  Model model(cfg, seed, plan.init);
   ablate::Trainer<Model> trainer(model, plan.train);
   ablate::data::BatchSampler sampler(plan.splits->train, plan.batch, seed);
   const std::size_t tokens_per_batch = plan.batch * plan.splits->train.seq();

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <set>
 #include <string>
 #include <string_view>
@@ -202,6 +203,21 @@ TEST_CASE("data: split errors") {
   options.validation_fraction = 1.0;
   CHECK(contains(error_of([&] { make_splits(numbered_corpus(5), options); }), "validation_fraction"));
 
+  // A window length near 2^64: seq + 1 would wrap to 0 and every window would seem to fit.
+  options.seq = SIZE_MAX;
+  for (const auto protocol : {SplitProtocol::fixed, SplitProtocol::seed}) {
+    options.protocol = protocol;
+    CHECK(contains(error_of([&] { make_splits(numbered_corpus(5), options); }), "is absurd"));
+  }
+  auto stream = std::make_shared<const std::vector<std::int32_t>>(400, 1);
+  CHECK(contains(error_of([&] { WindowSet(stream, {0}, SIZE_MAX); }), "the stream ends at 400"));
+  CHECK(contains(error_of([&] { WindowSet(stream, {SIZE_MAX}, 1); }), "the stream ends at 400"));
+  CHECK(contains(error_of([&] { WindowSet(stream, {399}, 1); }), "the stream ends at 400"));
+  CHECK(WindowSet(stream, {398}, 1).size() == 1);
+  CHECK(ablate::data::window_fits(0, 399, 400));
+  CHECK(!ablate::data::window_fits(1, 399, 400));
+  CHECK(!ablate::data::window_fits(0, 0, 0));
+
   CHECK(parse_split_protocol("seed") == SplitProtocol::seed);
   CHECK(contains(error_of([] { parse_split_protocol("random"); }), "unknown split protocol \"random\""));
 }
@@ -231,6 +247,9 @@ TEST_CASE("data: batches of windows") {
   CHECK(range.inputs[0] == train.input(2)[0]);
   CHECK_THROWS_AS(train.batch_range(train.size() - 1, 2), ablate::invalid_input);
   CHECK_THROWS_AS(train.batch(std::vector<std::size_t>{train.size()}), ablate::invalid_input);
+  // A default-constructed set has no stream: asking it for a window is an error, not a crash.
+  CHECK(contains(error_of([] { WindowSet{}.batch(std::vector<std::size_t>{0}); }),
+                 "window 0 out of range (0 windows)"));
 }
 
 TEST_CASE("data: BatchSampler visits each window once per epoch, reproducibly") {

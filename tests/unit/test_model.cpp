@@ -2,6 +2,8 @@
 // architectures, determinism, and errors on bad input.
 #include <doctest/doctest.h>
 
+#include <limits>
+
 #include <ablate/ablate.hpp>
 
 #include <string>
@@ -126,8 +128,8 @@ void check_invalid(F&& f, const std::string& fragment) {
     f();
     FAIL("expected std::invalid_argument mentioning '" << fragment << "'");
   } catch (const std::invalid_argument& e) {
-    INFO("message: " << e.what());
-    CHECK(std::string(e.what()).find(fragment) != std::string::npos);
+    CHECK_MESSAGE(std::string(e.what()).find(fragment) != std::string::npos,
+                  "message '" << std::string(e.what()) << "' lacks '" << fragment << "'");
   }
 }
 
@@ -167,4 +169,33 @@ TEST_CASE("bad input throws std::invalid_argument naming the problem") {
                 "zero-sized");
   check_invalid([&] { Model<Arch, D> m(with([](ModelConfig& c) { c.hidden_dropout = 1.0; }), 0); },
                 "hidden_dropout");
+
+  // Non-finite or out-of-range numbers that would train on silently into NaN.
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  check_invalid([&] { Model<Arch, D> m(with([&](ModelConfig& c) { c.rms_norm_eps = nan; }), 0); },
+                "norm eps");
+  check_invalid([&] { Model<Arch, D> m(with([&](ModelConfig& c) { c.rope_theta = inf; }), 0); },
+                "rope_theta");
+  check_invalid([&] { Model<Arch, D> m(with([&](ModelConfig& c) { c.initializer_range = nan; }), 0); },
+                "initializer_range");
+  check_invalid([&] { Model<Arch, D> m(with([&](ModelConfig& c) { c.initializer_range = -1; }), 0); },
+                "initializer_range");
+  using MlaArch = Architecture<Attention<MLA>, FFN<GatedMLP>, Norm<RMS>>;
+  check_invalid([&] { Model<MlaArch, D> m(with([&](ModelConfig& c) { c.mla_rms_norm_eps = 0; }), 0); },
+                "_layernorm: eps must be a finite number > 0");
+  using SeedMoeArch = Architecture<Attention<MHA>, FFN<SeedMoE<4, 2>>, Norm<RMS>>;
+  check_invalid([&] { Model<SeedMoeArch, D> m(with([&](ModelConfig& c) { c.router_aux_loss_coef = nan; }), 0); },
+                "router_aux_loss_coef must be a finite number >= 0");
+  check_invalid([&] { Model<SeedMoeArch, D> m(with([&](ModelConfig& c) { c.router_aux_loss_coef = -0.01; }), 0); },
+                "router_aux_loss_coef");
+  check_invalid([&] { Model<SeedMoeArch, D> m(with([&](ModelConfig& c) { c.router_noise_std = inf; }), 0); },
+                "router_noise_std");
+  using Glm4Arch = Architecture<Attention<MHA>, FFN<Glm4MoE<4, 2>>, Norm<RMS>>;
+  check_invalid([&] { Model<Glm4Arch, D> m(with([&](ModelConfig& c) { c.routed_scaling_factor = nan; }), 0); },
+                "routed_scaling_factor must be a finite number > 0");
+  check_invalid([&] { Model<Glm4Arch, D> m(with([&](ModelConfig& c) { c.routed_scaling_factor = 0; }), 0); },
+                "routed_scaling_factor");
+  check_invalid([&] { Model<Glm4Arch, D> m(with([&](ModelConfig& c) { c.router_bias_update_rate = nan; }), 0); },
+                "router_bias_update_rate");
 }

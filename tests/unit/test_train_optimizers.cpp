@@ -1,6 +1,8 @@
 // AdamW, Muon, Newton-Schulz, gradient clipping and the optimizer split, in double.
 #include <doctest/doctest.h>
 
+#include <limits>
+
 #include <Eigen/Eigenvalues>
 #include <cmath>
 #include <memory>
@@ -396,4 +398,10 @@ TEST_CASE("train: HybridOptimizer applies base lr times the factor") {
   CHECK(s1.at("w").value == s2.at("w").value);
   CHECK(s1.at("n").value == s2.at("n").value);
   CHECK(hybrid.adamw().find("n")->v == adamw.states()[0].v);
+
+  ablate::HybridOptions inf_lr;
+  inf_lr.muon_lr = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH_AS(ablate::HybridOptimizer<B>(s1, inf_lr),
+                       doctest::Contains("learning rates must be finite numbers >= 0"),
+                       ablate::invalid_input);
 }

@@ -2,6 +2,8 @@
 // whose loss is a quadratic in two parameters.
 #include <doctest/doctest.h>
 
+#include <limits>
+
 #include <vector>
 
 #include "ablate/backend/cpu/backend.hpp"
@@ -151,4 +153,13 @@ TEST_CASE("train: TrainConfig schedule layouts and validation") {
   CHECK_THROWS_AS(config.validate(), ablate::invalid_input);
   config.grad_accumulation = 50;  // not one optimizer step in 40 batches
   CHECK_THROWS_AS(config.validate(), ablate::invalid_input);
+  config.schedule_over_batches = true;  // the seed's layout: a run that never steps all the same
+  CHECK_THROWS_WITH_AS(config.validate(),
+                       doctest::Contains("fewer batches (40) than one optimizer step needs (50)"),
+                       ablate::invalid_input);
+  config.grad_accumulation = 4;
+  config.grad_clip = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(config.validate(), doctest::Contains("grad_clip is NaN"), ablate::invalid_input);
+  config.grad_clip = std::numeric_limits<double>::infinity();  // no clipping
+  CHECK_NOTHROW(config.validate());
 }

@@ -1,6 +1,7 @@
 // LayerNorm with bias: y = (x - mean) / sqrt(var + eps) * w + b.
 #pragma once
 
+#include <cmath>
 #include <string>
 
 #include "ablate/core/init.hpp"
@@ -18,6 +19,7 @@ class LayerNorm {
   LayerNorm(ParameterStore<B>& store, Initializer& init, const std::string& name,
             std::size_t dim, double eps)
       : eps_(eps) {
+    require(std::isfinite(eps) && eps > 0.0, "LayerNorm ", name, ": eps must be a finite number > 0, got ", eps);
     weight_ = &store.add(name + ".weight", {dim}, ParamRole::Norm);
     bias_ = &store.add(name + ".bias", {dim}, ParamRole::Norm);
     init.ones(*weight_);

@@ -1,6 +1,7 @@
 // RMSNorm (no bias): y = x / sqrt(mean(x^2) + eps) * w.
 #pragma once
 
+#include <cmath>
 #include <string>
 
 #include "ablate/core/init.hpp"
@@ -18,6 +19,7 @@ class RMSNorm {
   RMSNorm(ParameterStore<B>& store, Initializer& init, const std::string& name, std::size_t dim,
           double eps)
       : eps_(eps) {
+    require(std::isfinite(eps) && eps > 0.0, "RMSNorm ", name, ": eps must be a finite number > 0, got ", eps);
     weight_ = &store.add(name + ".weight", {dim}, ParamRole::Norm);
     init.ones(*weight_);
   }

@@ -75,6 +75,12 @@ struct Batch {
   std::vector<std::int32_t> targets;
 };
 
+// Whether a window at `start` of length `seq` (seq + 1 tokens with its target) lies within a
+// stream of `size` tokens, written so that no sum can wrap around.
+constexpr bool window_fits(std::size_t start, std::size_t seq, std::size_t size) {
+  return seq < size && start < size - seq;
+}
+
 // Windows of one length over one token stream (shared between copies).
 class WindowSet {
  public:
@@ -86,8 +92,8 @@ class WindowSet {
     require(stream_ != nullptr, "WindowSet: no token stream");
     require(seq_ > 0, "WindowSet: seq must be positive");
     for (const std::size_t s : starts_) {
-      require(s + seq_ + 1 <= stream_->size(), "WindowSet: a window at ", s, " of length ", seq_,
-              " needs ", seq_ + 1, " tokens but the stream ends at ", stream_->size());
+      require(window_fits(s, seq_, stream_->size()), "WindowSet: a window at ", s, " of length ",
+              seq_, " needs ", seq_, " + 1 tokens but the stream ends at ", stream_->size());
     }
   }
 
@@ -116,7 +122,7 @@ class WindowSet {
     b.seq = seq_;
     b.inputs.resize(b.batch * seq_);
     b.targets.resize(b.batch * seq_);
-    const std::int32_t* data = stream_->data();
+    const std::int32_t* data = stream().data();  // null only without windows: checked_start throws
     for (std::size_t r = 0; r < windows.size(); ++r) {
       const std::size_t s = checked_start(windows[r]);
       std::copy(data + s, data + s + seq_, b.inputs.begin() + static_cast<std::ptrdiff_t>(r * seq_));
@@ -212,7 +218,7 @@ inline std::vector<std::int32_t> concatenate(const TokenizedCorpus& corpus,
 
 inline WindowSet strided_windows(std::vector<std::int32_t> stream, std::size_t seq) {
   std::vector<std::size_t> starts;
-  for (std::size_t s = 0; s + seq + 1 <= stream.size(); s += seq) starts.push_back(s);
+  for (std::size_t s = 0; window_fits(s, seq, stream.size()); s += seq) starts.push_back(s);
   return WindowSet(std::make_shared<const std::vector<std::int32_t>>(std::move(stream)),
                    std::move(starts), seq);
 }
@@ -222,6 +228,7 @@ inline WindowSet strided_windows(std::vector<std::int32_t> stream, std::size_t s
 // Splits `corpus` into training and validation windows by options.protocol.
 inline DataSplits make_splits(const TokenizedCorpus& corpus, const SplitOptions& options) {
   require(options.seq > 0, "make_splits: seq must be positive");
+  require(options.seq < (std::size_t{1} << 40), "make_splits: seq ", options.seq, " is absurd");
   require(options.validation_fraction > 0.0 && options.validation_fraction < 1.0,
           "make_splits: validation_fraction must lie in (0, 1), got ", options.validation_fraction);
   corpus.validate("make_splits: the corpus");

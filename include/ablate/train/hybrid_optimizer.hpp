@@ -2,6 +2,8 @@
 // together with their base learning rates times one schedule factor.
 #pragma once
 
+#include <cmath>
+
 #include "ablate/core/error.hpp"
 #include "ablate/core/parameter.hpp"
 #include "ablate/train/adamw.hpp"
@@ -25,8 +27,10 @@ class HybridOptimizer {
 
   HybridOptimizer(const OptimizerGroups<B>& groups, HybridOptions options)
       : options_(options), muon_(groups.muon, options.muon), adamw_(groups.adamw, options.adamw) {
-    require(options.muon_lr >= 0.0 && options.adamw_lr >= 0.0,
-            "HybridOptimizer: learning rates must be >= 0");
+    require(std::isfinite(options.muon_lr) && options.muon_lr >= 0.0 &&
+                std::isfinite(options.adamw_lr) && options.adamw_lr >= 0.0,
+            "HybridOptimizer: learning rates must be finite numbers >= 0, got Muon ",
+            options.muon_lr, " and AdamW ", options.adamw_lr);
   }
 
   // Updates every parameter from its .grad; lr_factor comes from the schedule.

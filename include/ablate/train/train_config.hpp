@@ -1,6 +1,7 @@
 // TrainConfig: every number of the training recipe, defaulting to the seed's Experiment 1.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 
 #include "ablate/core/error.hpp"
@@ -35,7 +36,9 @@ struct TrainConfig {
     require(warmup_divisor > 0, "TrainConfig: warmup_divisor must be > 0");
     require(min_lr_ratio >= 0.0 && min_lr_ratio <= 1.0,
             "TrainConfig: min_lr_ratio must be in [0, 1]");
-    require(schedule_total() > 0, "TrainConfig: fewer batches (", total_batches,
+    require(!std::isnan(grad_clip), "TrainConfig: grad_clip is NaN (<= 0 or inf: no clipping)");
+    // Whatever the schedule's layout, a run shorter than one accumulation group never steps.
+    require(total_batches >= grad_accumulation, "TrainConfig: fewer batches (", total_batches,
             ") than one optimizer step needs (", grad_accumulation, ")");
   }
 };

@@ -16,6 +16,7 @@
 // optionally void after_optimizer_step().
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <string>
 #include <vector>
@@ -49,7 +50,11 @@ class RouterCore {
       : experts_(experts),
         k_(k),
         gate_(store, init, prefix + ".gate", cfg.hidden_size, experts, /*bias=*/false),
-        load_(experts, 0) {}
+        load_(experts, 0) {
+    require(std::isfinite(cfg.router_aux_loss_coef) && cfg.router_aux_loss_coef >= 0.0,
+            "MoE router: router_aux_loss_coef must be a finite number >= 0, got ",
+            cfg.router_aux_loss_coef);
+  }
 
   std::ptrdiff_t E() const { return static_cast<std::ptrdiff_t>(experts_); }
   std::ptrdiff_t K() const { return static_cast<std::ptrdiff_t>(k_); }

@@ -6,6 +6,7 @@
 // f_e = fraction of the N*K slots routed to e (a constant), P_e = mean over tokens of probs[:, e].
 #pragma once
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -26,7 +27,8 @@ class SeedRouterBlock : public detail::RouterCore<B> {
       : Core(store, init, prefix, cfg, experts, k),
         noise_std_(cfg.router_noise_std),
         coef_(cfg.router_aux_loss_coef) {
-    require(noise_std_ >= 0.0, "MoE seed router: router_noise_std must be >= 0, got ", noise_std_);
+    require(std::isfinite(noise_std_) && noise_std_ >= 0.0,
+            "MoE seed router: router_noise_std must be a finite number >= 0, got ", noise_std_);
   }
 
   void forward(const Tensor& x, const PassContext& ctx) {
