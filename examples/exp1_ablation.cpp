@@ -20,6 +20,11 @@ using examples::ModelSpec;
 using examples::Protocol;
 using examples::model_spec;
 
+// The seed's "GLM4 MoE" layer was the dense MLP of a transformers GLM4 model built inside
+// the block, so it kept that model's own init, normal(0, initializer_range), not PyTorch's
+// default as the DeepSeek modules swapped in after the skeleton's init did.
+using Glm4DenseMLP = GatedMLPInit<ModuleOrigin::Skeleton>;
+
 // Seed widths at d 512, scaled to the preset's hidden size.
 std::size_t scaled(std::size_t width_at_512, std::size_t hidden) {
   return (width_at_512 * hidden + 256) / 512;
@@ -77,10 +82,10 @@ std::vector<ModelSpec> experiment1_models(Protocol protocol, const ModelConfig& 
   } else {
     models.push_back(model_spec<Architecture<Attention<NonCausalMLA>, FFN<GatedMLP>, Norm<RMS>>>(
         "attention_mlp_512d", "NON-causal " + mla_text + " + GatedMLP " + mlp_w + " (seed flaw 1)", mla));
-    models.push_back(model_spec<Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>>(
+    models.push_back(model_spec<Architecture<Attention<MHA>, FFN<Glm4DenseMLP>, Norm<RMS>>>(
         "moe_8e_2k_512d", "MHA + dense GatedMLP " + dense_w + " (the seed's \"GLM4 MoE\", flaw 3)",
         dense_glm4(mha)));
-    models.push_back(model_spec<Architecture<Attention<NonCausalMLA>, FFN<GatedMLP>, Norm<RMS>>>(
+    models.push_back(model_spec<Architecture<Attention<NonCausalMLA>, FFN<Glm4DenseMLP>, Norm<RMS>>>(
         "attention_moe_8e_2k_512d",
         "NON-causal " + mla_text + " + dense GatedMLP " + dense_w + " (seed flaws 1 and 3)",
         dense_glm4(mla)));

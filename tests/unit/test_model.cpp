@@ -2,7 +2,9 @@
 // architectures, determinism, and errors on bad input.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <limits>
+#include <utility>
 
 #include <ablate/ablate.hpp>
 
@@ -84,6 +86,31 @@ TEST_CASE("HF-style parameter names") {
         "norm.weight"})
     CHECK_MESSAGE(model.parameters().find(name) != nullptr, name);
   CHECK(model.parameters().find("lm_head.weight") == nullptr);  // tied to the embedding
+}
+
+TEST_CASE("init schemes: the seed's keeps PyTorch's default for DeepSeek modules, normal does not") {
+  ModelConfig cfg = test::small_model_config();
+  cfg.hidden_size = 64;
+  cfg.intermediate_size = 256;
+  // Sample statistics of one weight: standard deviation and largest magnitude.
+  auto stats = [](const auto& model, const char* name) {
+    const auto& w = model.parameters().find(name)->value;
+    const double n = static_cast<double>(w.size());
+    return std::pair{std::sqrt(w.squaredNorm() / n - std::pow(w.sum() / n, 2)), w.cwiseAbs().maxCoeff()};
+  };
+  const double torch_bound = 1.0 / std::sqrt(64.0);  // uniform(+-1/sqrt(fan_in)), fan_in 64
+  using Dense = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
+  using SkeletonInitMLP = Architecture<Attention<MHA>, FFN<GatedMLPInit<ModuleOrigin::Skeleton>>, Norm<RMS>>;
+  const Model<Dense, D> seed(cfg, 3, InitScheme::Seed), normal(cfg, 3, InitScheme::Normal);
+  const Model<SkeletonInitMLP, D> skeleton(cfg, 3, InitScheme::Seed);
+  const auto [seed_std, seed_max] = stats(seed, "layers.0.mlp.gate_proj.weight");
+  CHECK(seed_max <= torch_bound);
+  CHECK(seed_std == doctest::Approx(torch_bound / std::sqrt(3.0)).epsilon(0.05));
+  CHECK(stats(normal, "layers.0.mlp.gate_proj.weight").first == doctest::Approx(0.02).epsilon(0.05));
+  CHECK(stats(skeleton, "layers.0.mlp.gate_proj.weight").first == doctest::Approx(0.02).epsilon(0.05));
+  // The skeleton's own attention is normal(0, 0.02) under both schemes.
+  CHECK(stats(seed, "layers.0.self_attn.qkv_proj.weight").first == doctest::Approx(0.02).epsilon(0.05));
+  CHECK(stats(normal, "layers.0.self_attn.qkv_proj.weight").first == doctest::Approx(0.02).epsilon(0.05));
 }
 
 TEST_CASE("seeded runs are bit-for-bit deterministic, and different seeds differ") {

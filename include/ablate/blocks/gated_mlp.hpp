@@ -39,16 +39,20 @@ class GatedMLPBlock {
   Tensor g_, u_, h_, dh_, dg_, du_;
 };
 
-// Policy tag for FFN<GatedMLP>: width intermediate_size.
-struct GatedMLP {
+// Policy tag for FFN<GatedMLP>: width intermediate_size. `Origin` says which init the seed
+// scheme gives it: a DeepSeek module's (PyTorch's default) unless told otherwise; the layout,
+// and so the architecture's name, is the same either way.
+template <ModuleOrigin Origin = ModuleOrigin::DeepSeek>
+struct GatedMLPInit {
   template <class B>
   using Block = GatedMLPBlock<B>;
   static constexpr const char* name = "gated-mlp";
   template <class B>
   static Block<B> make(ParameterStore<B>& store, Initializer& init, const std::string& name,
                        const ModelConfig& cfg) {
-    return Block<B>(store, init, name, cfg.hidden_size, cfg.intermediate_size);
+    return Block<B>(store, init, name, cfg.hidden_size, cfg.intermediate_size, Origin);
   }
 };
+using GatedMLP = GatedMLPInit<>;
 
 }  // namespace ablate
