@@ -1,7 +1,7 @@
 // Experiment 1: five models at d 512 (the seed's 000_ run) -- MHA or MLA attention, with a
 // seed MoE, a dense SwiGLU or a GLM4 MoE feed-forward -- trained with the seed's recipe.
 //
-//   exp1_ablation --preset quick                    # the fixed protocol, 3 seeds, ~15 min on 2 cores
+//   exp1_ablation --preset quick                    # the fixed protocol, 2 seeds, ~8 min (1 thread)
 //   exp1_ablation --preset quick --protocol seed    # the seed's runs as they were
 //   exp1_ablation --params --vocab 49152            # parameter counts at the seed's vocabulary
 //   exp1_ablation --preset quick --save-models models                   # keep the trained models
@@ -9,8 +9,8 @@
 //
 // Under --protocol seed the DeepSeek attention is unmasked (NonCausalMLA) and the "GLM4 MoE"
 // is the dense SwiGLU of width 10944 it really was (seed notes, flaws 1 and 3); under
-// --protocol fixed (the default) attention is causal everywhere and the GLM4 MoE is a real
-// Glm4MoE<8, 2>.  Widths scale with the hidden size, so the quick preset keeps the shapes.
+// --protocol fixed (the default) attention is causal everywhere, the GLM4 MoE is a real
+// Glm4MoE<8, 2> and every Linear starts from normal(0, 0.02).  Widths scale with the hidden size, so the quick preset keeps the shapes.
 #include "common/experiment.hpp"
 
 namespace {

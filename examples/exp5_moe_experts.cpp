@@ -1,14 +1,15 @@
 // Experiment 5: MoE with plain-MLP experts against MoE with gated (SwiGLU) experts at d 256
 // (the seed's 003_ run), trained with the seed's recipe (warmup = batches / 20).
 //
-//   exp5_moe_experts --preset quick                   # the fair comparison, 3 seeds
+//   exp5_moe_experts --preset quick                   # the fair comparison, 2 seeds, ~7 min
 //   exp5_moe_experts --preset quick --protocol seed   # the seed's runs as they were
 //   exp5_moe_experts --params --vocab 49152 --protocol seed
 //
 // --protocol seed: the seed's "deepseek_moe" model, which also switched to non-causal
 // attention without positions and post-LayerNorm (seed notes, flaw 4).  --protocol fixed:
 // only the experts differ from the baseline -- gated experts at the same width, and at 2/3 of
-// it, where they have the baseline's parameter count -- so width and gating can be told apart.
+// it, where they have the baseline's parameter count -- so width and gating can be told apart;
+// every expert starts from the same init (the seed's gated experts kept PyTorch's default).
 #include "common/experiment.hpp"
 
 namespace {
