@@ -4,6 +4,8 @@
 // counters.  Each program times these its own way (wall clock on the CPU, CUDA events on the GPU).
 #pragma once
 
+#include <type_traits>
+
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -30,6 +32,17 @@ inline ModelConfig experiment1_mla_config() {
   cfg.attention_bias = true;
   return cfg;
 }
+
+// The config a block benchmark builds `Policy` with: Experiment 1's MLA (with its biases) for
+// MLA, the skeleton's for every other block.
+template <class Policy>
+ModelConfig block_config() {
+  return std::is_same_v<Policy, MLA> ? experiment1_mla_config() : experiment1_config();
+}
+
+// MoE at E = 8, K = 2 (expert width 1024, active width 2048) with the GLM4 router and no shared
+// expert, to set beside a dense GatedMLP of the same active width.
+using RoutedMoE = MoE<8, 2, Glm4Router, GatedMLP, NoSharedExperts>;
 
 // tokens/s and FLOP/s counters for `flops_per_iteration` over kTokens tokens.
 inline void set_rates(benchmark::State& state, double flops_per_iteration) {
@@ -93,7 +106,7 @@ struct BlockBench {
 template <class Arch, class B>
 struct TrainStepBench {
   ModelConfig cfg;
-  Model<Arch, B> model{cfg, 42};
+  Model<Arch, B> model{cfg, 42, InitScheme::Normal};  // the fixed protocol's init
   HybridOptimizer<B> optimizer{model.parameters()};
   Tokens inputs{kBatch, kSeq}, targets{kBatch, kSeq};
 

@@ -16,8 +16,12 @@ but torch: pre-norm RMSNorm blocks, tied embedding / LM head, dropout 0.1, and
 One training step is forward, loss (cross-entropy + auxiliary loss), backward,
 clip_grad_norm_(1.0) and the seed's optimizer pair (torch.optim.Muon on the 2-D hidden weights,
 AdamW on the rest), under bf16 autocast on the same fixed batch as ablate's benchmark.  Each
-model is timed in eager mode and compiled with torch.compile; the median step time of --steps
-steps after --warmup steps (compilation happens in the warm-up) gives tokens/s.
+model is timed in eager mode and compiled with torch.compile; the mean step time of --steps
+steps after --warmup steps (compilation happens in the warm-up) gives tokens/s, as ablate's
+BM_TrainStep does (Google Benchmark's mean over its iterations, then the median of its
+repetitions), so that an occasional slow step counts on both sides.  Every Linear and the
+embedding start from normal(0, 0.02), as under the fixed protocol (the init sets the MoE's
+first expert loads, so both sides start from the same kind of routing).
 
 With --ablate-bench PATH the built bench_cuda program is run first, its BM_TrainStep/<model>
 tokens/s read from its JSON report, and both are printed side by side:
@@ -164,8 +168,6 @@ class MultiLatentAttention(nn.Module):
     q = q_b(norm(q_a(x))); [latent | k_rot] = kv_a(x); [k_nope | v] per head = kv_b(norm(latent));
     k_rot is one rotary key shared by all heads."""
 
-    torch_default_init = True  # swapped in after the seed's init: kept PyTorch's default
-
     def __init__(self, cfg):
         super().__init__()
         d, self.heads = cfg.hidden_size, cfg.num_attention_heads
@@ -207,8 +209,6 @@ class MultiLatentAttention(nn.Module):
 
 class GatedMLP(nn.Module):
     """SwiGLU (DeepseekV3MLP): down(silu(gate(x)) * up(x)), no biases."""
-
-    torch_default_init = True  # a DeepSeek module: the seed kept PyTorch's default init
 
     def __init__(self, hidden, width):
         super().__init__()
@@ -393,10 +393,7 @@ class LanguageModel(nn.Module):
 
 
 def init_weights(module, std):
-    """The seed's init: every Linear and the embedding normal(0, std), biases zero, except the
-    modules marked torch_default_init (MLA, GatedMLP), which keep PyTorch's default init."""
-    if getattr(module, "torch_default_init", False):
-        return
+    """The fixed protocol's init: every Linear and the embedding normal(0, std), biases zero."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, mean=0.0, std=std)
         if getattr(module, "bias", None) is not None:
@@ -485,7 +482,7 @@ def make_train_step(forward, params, optimizers, inputs, targets, device):
 
 @dataclass
 class Timing:
-    step_s: float      # median step time
+    step_s: float      # mean step time
     warmup_s: float    # warm-up wall time, compilation included
     loss: float        # loss of the last warm-up step (a sanity check, ~ln V at the start)
 
@@ -516,7 +513,7 @@ def time_training(name, cfg, device, steps, warmup, compile_mode=None):
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
-    return Timing(statistics.median(times), warmup_s, last_loss)
+    return Timing(statistics.fmean(times), warmup_s, last_loss)
 
 
 def release_memory():
@@ -811,7 +808,7 @@ def main(argv=None):
 
     print(f"GPU {gpu}, PyTorch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"batch {cfg.batch} x {cfg.seq} = {tokens} tokens per step, bf16 autocast, {optimizer_text}, "
-          f"median of {args.steps} steps after {args.warmup} warm-up steps", flush=True)
+          f"mean of {args.steps} steps after {args.warmup} warm-up steps", flush=True)
 
     rows = []
     for name in args.models:

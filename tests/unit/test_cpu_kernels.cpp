@@ -119,6 +119,59 @@ TEST_CASE("CPU cross-entropy and embedding reject ids outside their table or row
   CHECK(table.isZero(0));
 }
 
+TEST_CASE("CPU cross-entropy in place (dlogits = logits) gives the same loss and gradient") {
+  D::Tensor logits(3, 7), separate;
+  D::fill_uniform(logits, 5, 3.0);
+  const std::vector<std::int32_t> targets = {0, 6, 3};
+  const auto expected = D::cross_entropy(logits, targets.data(), &separate, 0.5);
+  D::Tensor in_place = logits;
+  const auto got = D::cross_entropy(in_place, targets.data(), &in_place, 0.5);
+  CHECK(got.loss_sum == expected.loss_sum);
+  CHECK(got.correct == expected.correct);
+  CHECK(in_place == separate);
+}
+
+TEST_CASE("CPU RoPE and the blocks around the kernels refuse misuse instead of crashing") {
+  D::Tensor x(8, 8);
+  D::set_zero(x);
+  const auto rope = [&](Eigen::Index seq, Eigen::Index heads, Eigen::Index offset, Eigen::Index dim) {
+    D::rope_apply(x, seq, heads, 4, offset, dim, 10000.0, ablate::RopeLayout::Interleaved, false);
+  };
+  CHECK_THROWS_WITH_AS(rope(0, 2, 0, 4), doctest::Contains("not whole sequences of 0 positions"),
+                       ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(rope(3, 2, 0, 4), doctest::Contains("8 rows are not whole sequences of 3"),
+                       ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(rope(4, 2, 0, 3), doctest::Contains("rope_dim must be even"), ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(rope(4, 2, 2, 4), doctest::Contains("does not fit in a head of stride 4"),
+                       ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(rope(4, 3, 0, 4), doctest::Contains("3 heads of stride 4 need 12 columns"),
+                       ablate::invalid_input);
+  CHECK_NOTHROW(rope(4, 2, 0, 4));
+
+  // The embedding's backward reads one id per row of dx: only the forward's tokens.
+  ablate::ParameterStore<D> store;
+  ablate::Initializer init(1, 0.02, ablate::InitScheme::Normal);
+  ablate::TiedEmbedding<D> embedding(store, init, 5, 3);
+  D::Tensor dx(4, 3);
+  D::set_zero(dx);
+  CHECK_THROWS_WITH_AS(embedding.backward(dx), doctest::Contains("the last forward had 0 tokens"),
+                       ablate::invalid_input);
+  ablate::Tokens tokens(1, 2);
+  tokens(0, 0) = 1;
+  tokens(0, 1) = 4;
+  D::Tensor y;
+  embedding.forward(y, tokens);
+  CHECK_THROWS_WITH_AS(embedding.backward(dx), doctest::Contains("dx has 4 rows but the last forward had 2"),
+                       ablate::invalid_input);
+
+  // Dropout in training needs the pass's random stream.
+  ablate::Dropout<D> dropout(0.5);
+  ablate::PassContext ctx;
+  ctx.training = true;
+  CHECK_THROWS_WITH_AS(dropout.forward(y, ctx), doctest::Contains("training needs a random stream"),
+                       ablate::invalid_input);
+}
+
 TEST_CASE("CPU linear, norm and attention kernels reject operands of the wrong shape") {
   const auto zeros = [](Eigen::Index rows, Eigen::Index cols) {
     D::Tensor t(rows, cols);

@@ -192,7 +192,7 @@ void check_throws(const std::function<void()>& f, const std::string& fragment) {
     f();
   } catch (const invalid_input& e) {
     thrown = true;
-    INFO("message: " << e.what());
+    INFO("message: " << std::string(e.what()));
     CHECK(std::string(e.what()).find(fragment) != std::string::npos);
   }
   CHECK_MESSAGE(thrown, "expected invalid_input mentioning '" << fragment << "'");
@@ -456,6 +456,23 @@ TEST_CASE_TEMPLATE("MoE load counts sum to tokens * K", Policy, SeedMoE<6, 2>, G
     for (int e : moe.routing_indices()) ++counted[static_cast<std::size_t>(e)];
     CHECK(counted == load);
   }
+}
+
+TEST_CASE_TEMPLATE("MoE backward refuses a dy that is not the last forward's", Policy, SeedMoE<6, 2>,
+                   Glm4MoE<6, 2>, Exp5GatedMoE<6, 2>) {
+  const auto cfg = small_config();
+  ParameterStore<D> store;
+  auto moe = make_block<Policy>(store, cfg);
+  Mat dx;
+  // The routing indexes the forward's tokens: without a forward, or with fewer rows, the
+  // scatters would read past dy.
+  CHECK_THROWS_WITH_AS(moe.backward(dx, test::random_matrix(6, 8, 1)),
+                       doctest::Contains("no forward to go back through"), invalid_input);
+  RandomStream rng(3);
+  run(moe, test::random_matrix(6, 8, 2), true, rng);
+  CHECK_THROWS_WITH_AS(moe.backward(dx, test::random_matrix(2, 8, 1)),
+                       doctest::Contains("dy is [2, 8], expected [6, 8]"), invalid_input);
+  CHECK_NOTHROW(moe.backward(dx, test::random_matrix(6, 8, 1)));
 }
 
 TEST_CASE("MoE policy names and HF parameter names") {

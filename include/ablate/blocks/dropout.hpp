@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "ablate/core/context.hpp"
+#include "ablate/core/error.hpp"
 
 namespace ablate {
 
@@ -17,9 +18,8 @@ class Dropout {
   explicit Dropout(double p) : p_(p) {}
 
   void forward(Tensor& x, const PassContext& ctx) {
-    active_ = ctx.training && p_ > 0.0;
+    draw(ctx);
     if (!active_) return;
-    key_ = ctx.rng->next_key();
     B::dropout_apply(x, p_, key_);
   }
   void backward(Tensor& dx) const {
@@ -32,7 +32,9 @@ class Dropout {
   std::uint64_t key() const { return key_; }
   void draw(const PassContext& ctx) {
     active_ = ctx.training && p_ > 0.0;
-    if (active_) key_ = ctx.rng->next_key();
+    if (!active_) return;
+    require(ctx.rng != nullptr, "Dropout: training needs a random stream (PassContext::rng)");
+    key_ = ctx.rng->next_key();
   }
 
  private:

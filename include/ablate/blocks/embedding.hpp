@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "ablate/blocks/linear.hpp"
+#include "ablate/core/error.hpp"
 #include "ablate/core/tokens.hpp"
 
 namespace ablate {
@@ -27,6 +28,10 @@ class TiedEmbedding {
                          table_->value, scale_);
   }
   void backward(const Tensor& dx) {
+    // embedding_backward reads one id per row of dx: the forward's tokens must be that many.
+    require(static_cast<std::size_t>(dx.rows()) == ids_.size() && ids_.size() > 0,
+            "TiedEmbedding backward: dx has ", dx.rows(), " rows but the last forward had ",
+            ids_.size(), " tokens");
     B::embedding_backward(table_->grad, ids_.data(), dx, scale_);
   }
 

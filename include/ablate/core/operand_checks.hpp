@@ -20,6 +20,23 @@ void shape(const T& t, std::ptrdiff_t rows, std::ptrdiff_t cols, const char* wha
           t.cols(), "], expected [", rows, ", ", cols, "]");
 }
 
+// RoPE in place on x [N, heads * head_stride or more]: the rotary slice [offset, offset +
+// rope_dim) of each head, rope_dim even; row r at position r % seq, N a multiple of seq.
+template <class T>
+void rope(const T& x, std::ptrdiff_t seq, std::ptrdiff_t heads, std::ptrdiff_t head_stride,
+          std::ptrdiff_t offset, std::ptrdiff_t rope_dim, const char* what) {
+  require(rope_dim >= 0 && rope_dim % 2 == 0, what, ": rope_dim must be even and >= 0, got ",
+          rope_dim);
+  require(heads >= 0 && offset >= 0 && offset + rope_dim <= head_stride, what,
+          ": the rotary slice [", offset, ", ", offset + rope_dim,
+          ") does not fit in a head of stride ", head_stride, " (heads ", heads, ")");
+  require(heads * head_stride <= x.cols(), what, ": ", heads, " heads of stride ", head_stride,
+          " need ", heads * head_stride, " columns, the tensor has ", x.cols());
+  if (x.rows() == 0 || heads == 0 || rope_dim == 0) return;
+  require(seq > 0 && x.rows() % seq == 0, what, ": ", x.rows(), " rows are not whole sequences of ",
+          seq, " positions");
+}
+
 // y = x W^T + b: x [N, in], w [out, in], b [1, out] or null.
 template <class T>
 void linear_forward(const T& x, const T& w, const T* b, const char* what) {

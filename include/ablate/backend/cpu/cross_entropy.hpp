@@ -73,14 +73,15 @@ struct CrossEntropyKernels {
       thread_local Eigen::Array<S, 1, Eigen::Dynamic> e;
       e = (z.array() - m).exp();
       const double sum = sum_in_double(e);
+      // The loss first: dlogits may be logits itself (a gradient in place).
+      const double log_sum = std::log(sum) + static_cast<double>(m);
+      row_loss[static_cast<std::size_t>(r)] = log_sum - static_cast<double>(z(targets[r]));
+      row_hit[static_cast<std::size_t>(r)] = arg == targets[r];
       if (dlogits != nullptr) {
         auto g = dlogits->row(r).array();
         g = e * static_cast<S>(grad_scale / sum);
         g(targets[r]) -= static_cast<S>(grad_scale);
       }
-      const double log_sum = std::log(sum) + static_cast<double>(m);
-      row_loss[static_cast<std::size_t>(r)] = log_sum - static_cast<double>(z(targets[r]));
-      row_hit[static_cast<std::size_t>(r)] = arg == targets[r];
     }
     LossSums out;
     for (Eigen::Index r = 0; r < n; ++r) {

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "ablate/backend/cpu/tensor.hpp"
+#include "ablate/core/operand_checks.hpp"
 #include "ablate/core/rope_layout.hpp"
 
 namespace ablate::cpu {
@@ -19,6 +20,8 @@ struct RopeKernels {
   static void rope_apply(Tensor& x, Eigen::Index seq, Eigen::Index heads, Eigen::Index head_stride,
                          Eigen::Index offset, Eigen::Index rope_dim, double theta,
                          RopeLayout layout, bool inverse) {
+    checks::rope(x, seq, heads, head_stride, offset, rope_dim, "ablate::CPU rope_apply");
+    if (x.rows() == 0 || heads == 0 || rope_dim == 0) return;
     const Eigen::Index half = rope_dim / 2;
     std::vector<S> cos_table(static_cast<std::size_t>(seq * half));
     std::vector<S> sin_table(cos_table.size());

@@ -15,6 +15,7 @@
 #include "ablate/backend/cuda/launch.cuh"
 #include "ablate/backend/cuda/tensor.cuh"
 #include "ablate/core/error.hpp"
+#include "ablate/core/operand_checks.hpp"
 #include "ablate/core/rope_layout.hpp"
 
 namespace ablate::cuda {
@@ -81,17 +82,10 @@ struct RopeKernels {
   static void rope_apply(Tensor& x, std::ptrdiff_t seq, std::ptrdiff_t heads,
                          std::ptrdiff_t head_stride, std::ptrdiff_t offset, std::ptrdiff_t rope_dim,
                          double theta, RopeLayout layout, bool inverse) {
-    require(rope_dim >= 0 && rope_dim % 2 == 0, "rope_apply: rope_dim must be even and >= 0, got ",
-            rope_dim);
+    checks::rope(x, seq, heads, head_stride, offset, rope_dim, "rope_apply");
     check_rope_dim(rope_dim, "rope_apply");
-    require(heads >= 0 && offset >= 0 && offset + rope_dim <= head_stride,
-            "rope_apply: the rotary slice [", offset, ", ", offset + rope_dim,
-            ") does not fit in a head of stride ", head_stride, " (heads ", heads, ")");
-    require(heads * head_stride <= x.cols(), "rope_apply: ", heads, " heads of stride ",
-            head_stride, " need ", heads * head_stride, " columns, the tensor has ", x.cols());
     const std::ptrdiff_t items = x.rows() * heads;
     if (items == 0 || rope_dim == 0) return;
-    require(seq > 0, "rope_apply: seq must be > 0, got ", seq);
     constexpr int threads = kernels::kRopeWarps * kWarp;
     const std::size_t shared = sizeof(float) * kernels::kRopeWarps * static_cast<std::size_t>(rope_dim);
     const unsigned blocks = blocks_for(static_cast<std::size_t>(items), kernels::kRopeWarps);

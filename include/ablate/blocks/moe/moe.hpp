@@ -23,6 +23,7 @@
 #include <cstddef>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "ablate/blocks/moe/experts.hpp"
@@ -32,6 +33,7 @@
 #include "ablate/core/config.hpp"
 #include "ablate/core/context.hpp"
 #include "ablate/core/error.hpp"
+#include "ablate/core/operand_checks.hpp"
 
 namespace ablate {
 
@@ -69,6 +71,7 @@ class MoEBlock {
   }
 
   void forward(Tensor& y, const Tensor& x, const PassContext& ctx) {
+    forward_shape_ = {-1, -1};  // until this forward has succeeded
     router_.forward(x, ctx);
     B::moe_dispatch_plan(rows_, slots_, offsets_, router_.indices(), E, K);
     B::resize(y, x.rows(), x.cols());
@@ -85,9 +88,13 @@ class MoEBlock {
       shared_.forward(shared_out_, x, ctx);
       B::add_inplace(y, shared_out_);
     }
+    forward_shape_ = {x.rows(), x.cols()};
   }
 
   void backward(Tensor& dx, const Tensor& dy) {
+    // The routing (rows_, slots_, offsets_) indexes the forward's tokens: dy must match them.
+    require(forward_shape_.first >= 0, "MoE backward: no forward to go back through");
+    checks::shape(dy, forward_shape_.first, forward_shape_.second, "MoE backward", "dy");
     B::resize(dx, dy.rows(), dy.cols());
     B::set_zero(dx);
     B::resize(dweights_, dy.rows(), static_cast<std::ptrdiff_t>(K));
@@ -144,6 +151,7 @@ class MoEBlock {
   Indices rows_, slots_;
   std::vector<std::size_t> offsets_;
   std::vector<bool> ran_;
+  std::pair<std::ptrdiff_t, std::ptrdiff_t> forward_shape_{-1, -1};  // x of the last forward
   std::vector<Tensor> outputs_;  // each expert's output on its batch, for the weight gradients
   Tensor batch_, dbatch_, dweights_, shared_out_, dshared_;
 };
