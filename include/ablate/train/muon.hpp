@@ -66,12 +66,12 @@ class Muon : public OptimizerCore<MuonState<B>, MuonOptions> {
     }
   }
 
-  // The update's scale: sqrt(max(1, rows/cols)), so tall matrices (whose orthogonalised
-  // update has smaller entries) move as much per element as wide ones.
   // How many stacks one step orthogonalises (one per shape, more where a shape's parameters
   // exceed max_stack_elements together).
   std::size_t stack_count() const { return groups_.size(); }
 
+  // The update's scale: sqrt(max(1, rows/cols)), so tall matrices (whose orthogonalised
+  // update has smaller entries) move as much per element as wide ones.
   static double shape_scale(std::size_t rows, std::size_t cols) {
     return std::sqrt(std::max(1.0, static_cast<double>(rows) / static_cast<double>(cols)));
   }
