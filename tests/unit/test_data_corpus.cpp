@@ -2,13 +2,17 @@
 // document list.
 #include <doctest/doctest.h>
 
+#include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
+
+#include <sys/stat.h>
 
 #include "ablate/data/brown_corpus.hpp"
 #include "ablate/data/documents.hpp"
@@ -109,6 +113,39 @@ TEST_CASE("data: load_text_documents") {
   CHECK(contains(e, "byte offset 3"));
   CHECK_THROWS_AS(load_text_documents({dir.path / "missing.txt"}), io_error);
   CHECK_THROWS_AS(load_text_documents({}), ablate::invalid_input);
+}
+
+TEST_CASE("data: read_file reads files and pipes, and refuses devices") {
+  using namespace ablate::data;
+  TempDir dir;
+  CHECK(read_file(dir.write("empty.txt", "")).empty());
+  const std::string bytes("a\0b\xFF", 4);
+  CHECK(read_file(dir.write("bytes.bin", bytes)) == bytes);
+  CHECK(contains(error_of([&] { read_file(dir.path); }), "it is a directory"));
+  CHECK(contains(error_of([&] { read_file(dir.path / "none"); }), "no such file"));
+  if (fs::exists("/dev/zero")) {  // would never end
+    CHECK(contains(error_of([&] { read_file("/dev/zero"); }), "not a regular file or a pipe"));
+  }
+  if (fs::exists("/proc/self/status")) {  // a regular file that reports size 0
+    CHECK(contains(read_file("/proc/self/status"), "Name:"));
+  }
+  const fs::path fifo = dir.path / "pipe";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const auto feed = [&](std::size_t bytes) {
+    return std::thread(
+        [&fifo, bytes] { std::ofstream(fifo, std::ios::binary) << std::string(bytes, 'x'); });
+  };
+  std::thread writer = feed(200000);  // several reads' worth
+  CHECK(read_file(fifo) == std::string(200000, 'x'));
+  writer.join();
+  // One byte too many; the reader stops only after the writer has put everything in the pipe
+  // (and a stopped reader would otherwise leave the writer to a SIGPIPE).
+  const auto previous = std::signal(SIGPIPE, SIG_IGN);
+  writer = feed(100001);
+  const std::string e = error_of([&] { read_file(fifo, 100000); });
+  writer.join();
+  std::signal(SIGPIPE, previous);
+  CHECK(contains(e, "more than 100000 bytes"));
 }
 
 namespace {

@@ -2,12 +2,17 @@
 // UTF-8, code point classes, byte symbols, the pre-tokenizer and the encoder.json parser.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <map>
 #include <random>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "ablate/data/bpe_tokenizer.hpp"
@@ -197,6 +202,109 @@ TEST_CASE("data: Gpt2Tokenizer on a tiny vocabulary gives gpt-3-encoder's ids") 
   // Copies share the tables and cache.
   const Gpt2Tokenizer copy = tok;
   CHECK(copy.encode(" the") == Ids{258});
+}
+
+namespace {
+
+// Encoder.js's BPE written out as it is there: after each merge the whole word is rescanned
+// for the last pair of lowest rank, looked up by "first,second".
+std::vector<std::string> rescanning_bpe(const std::string& piece,
+                                        const std::map<std::string, int>& ranks) {
+  std::vector<std::string> word;
+  for (const char c : piece) word.emplace_back(1, c);
+  while (word.size() > 1) {
+    int best_rank = std::numeric_limits<int>::max();
+    std::size_t best = word.size();
+    for (std::size_t i = 0; i + 1 < word.size(); ++i) {
+      const auto it = ranks.find(word[i] + "," + word[i + 1]);
+      if (it != ranks.end() && it->second <= best_rank) best_rank = it->second, best = i;
+    }
+    if (best == word.size()) break;
+    const std::string first = word[best], second = word[best + 1];
+    std::vector<std::string> next;
+    for (std::size_t i = 0; i < word.size();) {
+      if (i + 1 < word.size() && word[i] == first && word[i + 1] == second) {
+        next.push_back(first + second);
+        i += 2;
+      } else {
+        next.push_back(word[i++]);
+      }
+    }
+    word = std::move(next);
+  }
+  return word;
+}
+
+}  // namespace
+
+TEST_CASE("data: Gpt2Tokenizer's BPE equals the rescanning BPE of Encoder.js") {
+  // Two alphabets, each one pre-tokenizer piece however long: letters, and punctuation with a
+  // comma, whose merges collide in their "first,second" keys. Every string of up to 6 symbols
+  // is in the encoder, so the ids say exactly where the symbols were cut.
+  std::mt19937 rng(7);
+  std::vector<std::string> strings;  // id 256 + k
+  std::map<std::string, std::int32_t> ids;
+  for (const std::string alphabet : {"abc", ",!?"}) {
+    std::vector<std::string> level = {""};
+    for (int length = 1; length <= 6; ++length) {
+      std::vector<std::string> longer;
+      for (const auto& s : level)
+        for (const char c : alphabet) longer.push_back(s + c);
+      for (const auto& s : longer)
+        if (length > 1)
+          ids[s] = static_cast<std::int32_t>(256 + strings.size()), strings.push_back(s);
+      level = std::move(longer);
+    }
+  }
+  // First merges whose keys collide: ("?,", "?") and ("?", ",?") are both "?,,?", and in
+  // "??,??" both pairs are there at once with the lowest rank, where the last one must win.
+  // Then random merges of two strings of one alphabet up to 6 symbols together, some repeated.
+  std::vector<std::pair<std::string, std::string>> merges = {
+      {"?", ","}, {",", "?"}, {"?,", "?"}, {"?,?", "?"}, {"?,", "!"}, {"?,!", ","}};
+  const std::size_t colliding = merges.size();
+  std::map<std::string, int> ranks;
+  for (std::size_t r = 0; r < colliding; ++r)
+    ranks[merges[r].first + "," + merges[r].second] = static_cast<int>(r);
+  while (merges.size() < 400) {
+    const std::string& a = strings[rng() % strings.size()];
+    const std::string& b = strings[rng() % strings.size()];
+    const std::string first = a.substr(0, 1 + rng() % std::min<std::size_t>(a.size(), 3));
+    const std::string second = b.substr(0, 1 + rng() % std::min<std::size_t>(b.size(), 3));
+    if (std::isalpha(first[0]) != std::isalpha(second[0]) || first.size() + second.size() > 6)
+      continue;
+    const auto known = ranks.find(first + "," + second);
+    if (known != ranks.end() && known->second < static_cast<int>(colliding)) continue;
+    if (merges.size() % 50 == 49)
+      merges.push_back(merges[colliding + rng() % (merges.size() - colliding)]);
+    else merges.emplace_back(first, second);
+    ranks[merges.back().first + "," + merges.back().second] = static_cast<int>(merges.size()) - 1;
+  }
+  std::string json = "{";
+  for (unsigned b = 0; b < 256; ++b)
+    json += "\"" + json_escape(symbol_of(b)) + "\": " + std::to_string(b) + ",";
+  for (const auto& [s, id] : ids) json += "\"" + s + "\": " + std::to_string(id) + ",";
+  json.back() = '}';
+  std::string bpe = "#version: 0.2\n";
+  for (const auto& [first, second] : merges) bpe += first + " " + second + "\n";
+  TempDir dir;
+  const auto tok =
+      Gpt2Tokenizer::from_files(dir.write("encoder.json", json), dir.write("vocab.bpe", bpe));
+
+  std::size_t merged = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const std::string alphabet = trial % 2 ? "abc" : ",!?";
+    std::string piece = trial == 0 ? "??,??" : "";
+    const std::size_t length = trial == 0 ? 0 : 1 + rng() % (trial < 390 ? 60 : 3000);
+    for (std::size_t i = 0; i < length; ++i) piece += alphabet[rng() % alphabet.size()];
+    Ids expected;
+    for (const auto& symbol : rescanning_bpe(piece, ranks))
+      expected.push_back(symbol.size() == 1 ? static_cast<unsigned char>(symbol[0])
+                                            : ids.at(symbol));
+    INFO(piece);
+    REQUIRE(tok.encode(piece) == expected);
+    merged += piece.size() - expected.size();
+  }
+  CHECK(merged > 10000);  // the merges did fire
 }
 
 TEST_CASE("data: Gpt2Tokenizer rejects bad input with clear errors") {

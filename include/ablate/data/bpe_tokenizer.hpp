@@ -24,6 +24,7 @@
 // from several threads (the cache is locked; concurrent encode() calls run one at a time).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -242,44 +243,95 @@ class Gpt2Tokenizer {
     return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
   }
 
-  // BPE of one piece (raw bytes). Symbols are always runs of adjacent bytes of the piece, so
-  // they are kept as [begin, end) offsets.
+  // BPE of one piece (raw bytes), in O(n log n) for a piece of n bytes; Encoder.js rescans the
+  // whole word after each merge, which is quadratic in a long run of letters. Each round is
+  // Encoder.js's: the lowest rank among the adjacent pairs, of those the last pair, and then
+  // every occurrence of that pair's two spellings, left to right.
+  //
+  // Symbols are runs of adjacent bytes, kept as a linked list over byte offsets: a symbol that
+  // begins at offset b ends at end[b] (0 where no symbol begins) and follows the one that
+  // begins at prev[b]. Every adjacent pair with a rank has an entry in a min-heap ordered by
+  // (rank, last first); entries of pairs that a merge destroyed are skipped when popped.
   std::vector<std::int32_t> bpe(std::string_view piece) const {
-    struct Symbol {
-      std::size_t begin, end;
+    struct Pair {
+      std::int32_t rank;
+      std::size_t left, mid, right;  // the pair spans [left, mid) and [mid, right)
     };
-    std::vector<Symbol> word(piece.size()), merged;
-    for (std::size_t i = 0; i < piece.size(); ++i) word[i] = {i, i + 1};
-    const auto text = [&](const Symbol& s) { return piece.substr(s.begin, s.end - s.begin); };
+    const auto later_first = [](const Pair& a, const Pair& b) {  // heap order: top is best
+      return a.rank != b.rank ? a.rank > b.rank : a.left < b.left;
+    };
+    const std::size_t n = piece.size();
+    std::vector<std::size_t> end(n), prev(n);
+    for (std::size_t i = 0; i < n; ++i) end[i] = i + 1, prev[i] = i - 1;
+    const auto spans = [&](std::size_t a, std::size_t b) { return piece.substr(a, b - a); };
+    const auto alive = [&](const Pair& p) { return end[p.left] == p.mid && end[p.mid] == p.right; };
+    std::vector<Pair> heap;
     std::string key;
-    while (word.size() > 1) {
-      std::int32_t best_rank = std::numeric_limits<std::int32_t>::max();
-      std::size_t best = word.size();
-      for (std::size_t i = 0; i + 1 < word.size(); ++i) {
-        key.assign(text(word[i])).append(",").append(text(word[i + 1]));
-        const auto it = impl_->ranks.find(std::string_view(key));
-        if (it != impl_->ranks.end() && it->second <= best_rank) best_rank = it->second, best = i;
+    const auto push_pair = [&](std::size_t left, std::size_t mid) {
+      if (mid >= n) return;
+      const std::size_t right = end[mid];
+      key.assign(spans(left, mid)).append(",").append(spans(mid, right));
+      const auto it = impl_->ranks.find(std::string_view(key));
+      if (it == impl_->ranks.end()) return;
+      heap.push_back({it->second, left, mid, right});
+      std::push_heap(heap.begin(), heap.end(), later_first);
+    };
+    const auto pop = [&] {
+      std::pop_heap(heap.begin(), heap.end(), later_first);
+      const Pair p = heap.back();
+      heap.pop_back();
+      return p;
+    };
+    for (std::size_t i = 0; i + 1 < n; ++i) push_pair(i, i + 1);
+
+    std::vector<Pair> round, others;
+    std::vector<std::size_t> merged;
+    while (!heap.empty()) {
+      const Pair best = pop();
+      if (!alive(best)) continue;
+      // Every live pair of the round's rank, left to right (a pair may have two entries).
+      round.assign(1, best);
+      while (!heap.empty() && heap.front().rank == best.rank) {
+        const Pair p = pop();
+        if (alive(p)) round.push_back(p);
       }
-      if (best == word.size()) break;
-      const std::string_view first = text(word[best]), second = text(word[best + 1]);
+      std::sort(round.begin(), round.end(),
+                [](const Pair& a, const Pair& b) { return a.left < b.left; });
+      round.erase(std::unique(round.begin(), round.end(),
+                              [](const Pair& a, const Pair& b) { return a.left == b.left; }),
+                  round.end());
+      const std::string_view first = spans(best.left, best.mid);
+      const std::string_view second = spans(best.mid, best.right);
+      others.clear();
       merged.clear();
-      for (std::size_t i = 0; i < word.size();) {
-        if (i + 1 < word.size() && text(word[i]) == first && text(word[i + 1]) == second) {
-          merged.push_back({word[i].begin, word[i + 1].end});
-          i += 2;
-        } else {
-          merged.push_back(word[i]);
-          i += 1;
+      for (const Pair& p : round) {
+        if (!alive(p)) continue;  // its left symbol was the right half of the previous merge
+        if (spans(p.left, p.mid) != first || spans(p.mid, p.right) != second) {
+          others.push_back(p);  // same rank through a key collision: a later round's
+          continue;
         }
+        end[p.left] = p.right;
+        end[p.mid] = 0;
+        if (p.right < n) prev[p.right] = p.left;
+        merged.push_back(p.left);
       }
-      word.swap(merged);
+      for (const Pair& p : others) {
+        heap.push_back(p);
+        std::push_heap(heap.begin(), heap.end(), later_first);
+      }
+      for (const std::size_t s : merged) {
+        if (s > 0) push_pair(prev[s], s);
+        push_pair(s, end[s]);
+      }
     }
+    std::vector<std::string_view> word;
+    for (std::size_t b = 0; b < n; b = end[b]) word.push_back(spans(b, end[b]));
     std::vector<std::int32_t> ids;
     ids.reserve(word.size());
-    for (const Symbol& s : word) {
-      const auto it = impl_->encoder.find(text(s));
+    for (const std::string_view s : word) {
+      const auto it = impl_->encoder.find(s);
       require(it != impl_->encoder.end(), "Gpt2Tokenizer::encode: BPE produced the symbol ",
-              detail::printable(text(s)), " which is not in encoder.json");
+              detail::printable(s), " which is not in encoder.json");
       ids.push_back(it->second);
     }
     return ids;
