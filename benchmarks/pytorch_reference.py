@@ -48,16 +48,54 @@ import traceback
 from collections import defaultdict
 from dataclasses import dataclass
 
+# Experiment 1's models, in its table's order (MODELS below builds them).
+MODEL_NAMES = ("baseline", "mlp_512d", "attention_mlp_512d", "moe_8e_2k_512d",
+               "attention_moe_8e_2k_512d")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Experiment 1's five models in plain PyTorch (eager and torch.compile, bf16 "
+                    "autocast): training-step tokens/s, side by side with ablate's bench_cuda.")
+    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES),
+                        metavar="MODEL", help="models to time (default: all five: %(choices)s)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per run (default 20)")
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="untimed steps before them, compilation included (default 5)")
+    parser.add_argument("--no-compile", action="store_true", help="time eager mode only")
+    parser.add_argument("--max-autotune", action="store_true",
+                        help='also time torch.compile(mode="max-autotune-no-cudagraphs") (slow to compile)')
+    parser.add_argument("--device", default="cuda", help="CUDA device (default: cuda)")
+    parser.add_argument("--ablate-bench", metavar="PATH",
+                        help="ablate's built bench_cuda program: run its BM_TrainStep benchmarks "
+                             "and print their tokens/s beside PyTorch's")
+    parser.add_argument("--ablate-json", metavar="FILE",
+                        help="instead of running bench_cuda, read the JSON report it wrote earlier "
+                             "(--benchmark_out=FILE --benchmark_out_format=json)")
+    parser.add_argument("--markdown", metavar="FILE",
+                        help="also write the table as Markdown to FILE (overwritten)")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 1:
+        parser.error("--steps and --warmup must be at least 1")
+    if args.no_compile and args.max_autotune:
+        parser.error("--max-autotune times a compiled model: drop --no-compile")
+    if args.ablate_bench and args.ablate_json:
+        parser.error("--ablate-bench runs bench_cuda, --ablate-json reads its report: give one")
+    return args
+
+
 try:
     import torch
     import torch.nn.functional as F
     from torch import nn
-except ImportError as error:  # a setup problem, reported plainly
+except ImportError as error:  # a setup problem, reported plainly (after --help and flag errors)
+    if __name__ == "__main__":
+        parse_args()
     sys.exit(f"pytorch_reference.py: PyTorch is needed (2.4 or newer, written against 2.11): {error}")
 
 
 # ---------------------------------------------------------------------------------------------
-# Sizes and constants: ablate's ModelConfig defaults with Experiment 1's settings (seed notes).
+# Sizes and constants: ablate's ModelConfig defaults with Experiment 1's settings (the seed's).
 
 @dataclass(frozen=True)
 class Config:
@@ -414,6 +452,7 @@ MODELS = {
     "moe_8e_2k_512d": (MultiHeadAttention, Glm4MoE),
     "attention_moe_8e_2k_512d": (MultiLatentAttention, Glm4MoE),
 }
+assert tuple(MODELS) == MODEL_NAMES
 
 # ablate's parameter counts at vocabulary 49152 (exp1_ablation --params --vocab 49152).
 ABLATE_PARAMS = {
@@ -715,37 +754,6 @@ def markdown_table(header, body):
 
 
 # ---------------------------------------------------------------------------------------------
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Experiment 1's five models in plain PyTorch (eager and torch.compile, bf16 "
-                    "autocast): training-step tokens/s, side by side with ablate's bench_cuda.")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
-                        metavar="MODEL", help="models to time (default: all five: %(choices)s)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per run (default 20)")
-    parser.add_argument("--warmup", type=int, default=5,
-                        help="untimed steps before them, compilation included (default 5)")
-    parser.add_argument("--no-compile", action="store_true", help="time eager mode only")
-    parser.add_argument("--max-autotune", action="store_true",
-                        help='also time torch.compile(mode="max-autotune-no-cudagraphs") (slow to compile)')
-    parser.add_argument("--device", default="cuda", help="CUDA device (default: cuda)")
-    parser.add_argument("--ablate-bench", metavar="PATH",
-                        help="ablate's built bench_cuda program: run its BM_TrainStep benchmarks "
-                             "and print their tokens/s beside PyTorch's")
-    parser.add_argument("--ablate-json", metavar="FILE",
-                        help="instead of running bench_cuda, read the JSON report it wrote earlier "
-                             "(--benchmark_out=FILE --benchmark_out_format=json)")
-    parser.add_argument("--markdown", metavar="FILE",
-                        help="also write the table as Markdown to FILE (overwritten)")
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1:
-        parser.error("--steps and --warmup must be at least 1")
-    if args.no_compile and args.max_autotune:
-        parser.error("--max-autotune times a compiled model: drop --no-compile")
-    if args.ablate_bench and args.ablate_json:
-        parser.error("--ablate-bench runs bench_cuda, --ablate-json reads its report: give one")
-    return args
-
 
 def check_environment(device_name):
     major_minor = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])

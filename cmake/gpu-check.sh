@@ -5,7 +5,8 @@
 #   bash cmake/gpu-check.sh build [--build-dir DIR]
 #       on any machine with nvcc (no GPU needed): installs the Debian packages, fetches the
 #       example data, builds ablate_cuda_tests, bench_cuda and the CUDA example programs in
-#       Release for sm_90a (-DCMAKE_CUDA_ARCHITECTURES overrides: set CUDAARCHS), and copies the
+#       Release for Hopper only, sm_90a (another GPU: set CUDAARCHS, e.g. "90a-real;80-virtual"
+#       as the library's default, which also runs on Ampere and Ada), and copies the
 #       shared libraries a bare CUDA machine may lack (Google Benchmark, OpenMP, the CUDA
 #       runtime) into DIR/lib; cuBLASLt is taken from the machine's toolkit or PyTorch's wheels.
 #
@@ -35,15 +36,17 @@
 # Defaults: --build-dir build/gpu, --out results/gpu-check.  A failing step does not stop the
 # others; the exit status is 1 if any step failed.  A step whose tools are missing (PyTorch,
 # transformers, compute-sanitizer or a device it accepts, a built program) says skipped.
-# The whole run takes longer than ten minutes: where one call is limited to that, run it in
-# two (say --skip pytorch,exp1,memcheck, then --only pytorch,exp1: without the bench step's
+# The whole run takes more than ten minutes.  To run it in two parts, say
+# --skip pytorch,exp1,memcheck and then --only pytorch,exp1 (without the bench step's
 # bench_train.json in OUT, the pytorch step runs bench_cuda's training steps itself).
+# ABLATE_GPU_CHECK_ANYWAY=1 runs even where nvidia-smi cannot list a GPU (a container without
+# nvidia-smi); the CUDA programs then report themselves whether they find a device.
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 all_steps=(golden tests bench pytorch exp1 memcheck)
 
-usage() { sed -n '2,41s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,43s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 die() {
   echo "gpu-check.sh: $*" >&2
   exit 2

@@ -8,9 +8,10 @@
 //   exp1_ablation --preset quick --models mlp_512d --evaluate models/mlp_512d-seed0.safetensors
 //
 // Under --protocol seed the DeepSeek attention is unmasked (NonCausalMLA) and the "GLM4 MoE"
-// is the dense SwiGLU of width 10944 it really was (seed notes, flaws 1 and 3); under
-// --protocol fixed (the default) attention is causal everywhere, the GLM4 MoE is a real
-// Glm4MoE<8, 2> and every Linear starts from normal(0, 0.02).  Widths scale with the hidden size, so the quick preset keeps the shapes.
+// is the dense SwiGLU of width 10944 it really was (flaws 1 and 3 in examples/RESULTS.md);
+// under --protocol fixed (the default) attention is causal everywhere, the GLM4 MoE is a real
+// Glm4MoE<8, 2> and every Linear starts from normal(0, 0.02).  Widths scale with the hidden
+// size, so the quick preset keeps the shapes.
 #include "common/experiment.hpp"
 
 namespace {

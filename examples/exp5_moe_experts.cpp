@@ -6,10 +6,11 @@
 //   exp5_moe_experts --params --vocab 49152 --protocol seed
 //
 // --protocol seed: the seed's "deepseek_moe" model, which also switched to non-causal
-// attention without positions and post-LayerNorm (seed notes, flaw 4).  --protocol fixed:
-// only the experts differ from the baseline -- gated experts at the same width, and at 2/3 of
-// it, where they have the baseline's parameter count -- so width and gating can be told apart;
-// every expert starts from the same init (the seed's gated experts kept PyTorch's default).
+// attention without positions and post-LayerNorm (flaw 4 in examples/RESULTS.md).
+// --protocol fixed: only the experts differ from the baseline -- gated experts at the same
+// width, and at 2/3 of it, where they have the baseline's parameter count -- so width and
+// gating can be told apart; every expert starts from the same init (the seed's gated experts
+// kept PyTorch's default).
 #include "common/experiment.hpp"
 
 namespace {

@@ -10,36 +10,42 @@
 #    (the five models, two seeds each: about 8 minutes on 2 idle CPU cores, longer on busy ones).
 # Flags given here are passed on and win over those defaults, e.g.
 #   bash examples/run-experiment1.sh --protocol seed --out results/exp1-seed
+#   bash examples/run-experiment1.sh --steps 300 --seeds 0, --save-models results/models
 #   bash examples/run-experiment1.sh --preset full --seeds 3
-# Results (results.json, ranking table, PNG plots) go to results/exp1-<protocol>-<preset> under
-# the current folder unless --out says otherwise.  Set ABLATE_BUILD_DIR for another build folder.
+# Results (results.json, ranking table, PNG plots) go to results/exp1_ablation-<protocol>-<preset>
+# under the current folder (the program's own default) unless --out says otherwise.  Set
+# ABLATE_BUILD_DIR for another build folder.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${ABLATE_BUILD_DIR:-$root/build/examples}"
 data_dir="$root/.cache/ablate-data"
 
-# Where the results will go: the last --out given, else a folder named after the run.
+# Where the results will go: the last --out given, else the program's folder named after the
+# run; none for a run that trains nothing (--evaluate, --params).
 out=""
-out_given=0
 protocol="fixed"
 preset="quick"
+tiny=""
+trains=1
 args=("$@")
 for ((i = 0; i < ${#args[@]}; ++i)); do
   arg="${args[i]}"
   next="${args[i + 1]:-}"
   case "$arg" in
-    --out) out="$next"; out_given=1 ;;
-    --out=*) out="${arg#*=}"; out_given=1 ;;
+    --out) out="$next" ;;
+    --out=*) out="${arg#*=}" ;;
+    --tiny) tiny="+tiny" ;;
+    --evaluate | --evaluate=* | --params) trains=0 ;;
     --protocol) protocol="$next" ;;
     --protocol=*) protocol="${arg#*=}" ;;
     --preset) preset="$next" ;;
     --preset=*) preset="${arg#*=}" ;;
-    -h | --help) sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
   esac
 done
 if [[ -z "$out" ]]; then
-  out="results/exp1-$protocol-$preset"
+  out="results/exp1_ablation-$protocol-$preset$tiny"
 fi
 
 echo "== 1/4 dependencies (cmake/install-deps.sh)"
@@ -66,10 +72,8 @@ cmake --build "$build_dir" --target exp1_ablation -j "$(nproc 2>/dev/null || ech
 
 echo "== 4/4 exp1_ablation"
 defaults=(--preset quick --protocol fixed --backend cpu --data "$data_dir")
-if ((out_given == 0)); then
-  defaults+=(--out "$out")
-fi
 "$build_dir/examples/exp1_ablation" "${defaults[@]}" "$@"
+((trains)) || exit 0
 
 echo
 echo "Experiment 1 results are in $out:"

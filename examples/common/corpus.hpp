@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <numeric>
 #include <optional>
@@ -28,6 +29,7 @@
 #include <ablate/data/brown_corpus.hpp>
 #include <ablate/data/dataset.hpp>
 #include <ablate/data/documents.hpp>
+#include <ablate/data/fingerprint.hpp>
 #include <ablate/data/shuffle.hpp>
 #include <ablate/data/tokenized_corpus.hpp>
 
@@ -50,6 +52,9 @@ struct PreparedData {
   std::vector<std::size_t> eval_final;   // ... and of the last
   json info;                             // for results.json
   std::string summary;                   // a few lines for people
+  // What the models' ids stand for: a hash of the tokenizer's vocabulary and of the compact
+  // vocabulary's mapping. A saved model is only evaluated on data with the same ids.
+  std::string vocabulary;
 };
 
 namespace detail {
@@ -197,6 +202,8 @@ inline PreparedData prepare_data(const Settings& s) {
   data::DataSplits splits = data::make_splits(corpus, options);
 
   // Compact vocabulary: the N-1 most frequent ids of the training side, then "other".
+  data::Fingerprint vocabulary;
+  vocabulary.add(tokenizer.vocabulary_fingerprint());
   const std::size_t compact = s.preset.compact_vocab;
   if (compact > 0) {
     std::vector<std::uint64_t> counts(tokenizer.vocab_size(), 0);
@@ -213,6 +220,8 @@ inline PreparedData prepare_data(const Settings& s) {
       ids.push_back(*options.separator);
     }
     const auto other = static_cast<std::int32_t>(ids.size());
+    vocabulary.add(static_cast<std::uint64_t>(ids.size()));
+    for (const std::int32_t id : ids) vocabulary.add(static_cast<std::uint64_t>(id));
     std::vector<std::int32_t> map(tokenizer.vocab_size(), other);
     for (std::size_t i = 0; i < ids.size(); ++i)
       map[static_cast<std::size_t>(ids[i])] = static_cast<std::int32_t>(i);
@@ -239,6 +248,10 @@ inline PreparedData prepare_data(const Settings& s) {
     info["compact_vocab"] = nullptr;
   }
   info["vocab_size"] = out.vocab_size;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(vocabulary.value()));
+  out.vocabulary = hex;
+  info["vocabulary_fingerprint"] = out.vocabulary;
 
   if (splits.train.size() < s.preset.batch)
     throw std::runtime_error("the training split has " + std::to_string(splits.train.size()) +

@@ -133,6 +133,15 @@ inline int evaluate_saved_model(const ExperimentDef& def, const Settings& s) {
                              " ids but the data of this command line has " +
                              std::to_string(data.vocab_size) +
                              "; evaluate it with the data flags of its training run" + trained_with);
+  // Files saved before the fingerprint was recorded have none; their ids are checked by count.
+  const std::string vocabulary = info.meta(saved::vocabulary);
+  if (!vocabulary.empty() && vocabulary != data.vocabulary)
+    throw std::runtime_error(file.string() + ": the model's token ids stand for other tokens than "
+                             "the ids of this command line's data (vocabulary fingerprint " +
+                             vocabulary + ", here " + data.vocabulary +
+                             "): the compact vocabulary depends on --protocol, --split-seed, "
+                             "--text and --compact-vocab, and the ids on --encoder and --vocab; "
+                             "evaluate it with the data flags of its training run" + trained_with);
   if (p.seq > info.config.max_position_embeddings)
     throw std::runtime_error(file.string() + ": the validation windows hold " +
                              std::to_string(p.seq) + " tokens, the model takes at most " +
@@ -302,7 +311,8 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
       plan.save_metadata = {{saved::program, prog},
                             {saved::protocol, to_string(s.protocol)},
                             {saved::preset, p.name},
-                            {saved::command_line, s.command_line}};
+                            {saved::command_line, s.command_line},
+                            {saved::vocabulary, data.vocabulary}};
     }
 
     Progress progress;

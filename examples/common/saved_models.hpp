@@ -6,6 +6,7 @@
 // architecture and the ModelConfig (ablate.* metadata), and what the run was (example.*):
 //   example.program, example.model, example.protocol, example.preset, example.seed,
 //   example.command_line     the training run
+//   example.vocabulary       what its token ids stand for (PreparedData::vocabulary)
 //   example.val_loss, example.val_accuracy, example.val_tokens
 //                            its last evaluation, which --evaluate repeats
 // A model is rebuilt from the file's own ModelConfig, so the size flags of the training run
@@ -33,6 +34,7 @@ inline constexpr const char* protocol = "example.protocol";
 inline constexpr const char* preset = "example.preset";
 inline constexpr const char* seed = "example.seed";
 inline constexpr const char* command_line = "example.command_line";
+inline constexpr const char* vocabulary = "example.vocabulary";
 inline constexpr const char* val_loss = "example.val_loss";
 inline constexpr const char* val_accuracy = "example.val_accuracy";
 inline constexpr const char* val_tokens = "example.val_tokens";

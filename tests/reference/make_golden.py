@@ -354,7 +354,7 @@ def mla_case(name, *, q_lora_rank, nope, bias, causal=True, seed, dtype, out_dir
         mask = causal_mask(dtype)
     else:
         # The seed's wrapper passed an all-ones mask that eager attention *adds* to the scores:
-        # a constant shift that softmax ignores, i.e. no mask at all (seed notes, flaw 1).
+        # a constant shift that softmax ignores, i.e. no mask at all (flaw 1 in examples/RESULTS.md).
         mask = torch.ones(BATCH, 1, SEQ, SEQ, dtype=dtype)
 
     def forward(x):
@@ -494,7 +494,7 @@ def glm4_moe_case(name, *, seed, dtype, out_dir):
                             out_dir=out_dir)
 
 
-# The seed's baseline MoE in plain PyTorch, as ablate's SeedMoE computes it (seed notes):
+# The seed's baseline MoE in plain PyTorch, as ablate's SeedMoE computes it (the seed's code):
 # logits = gate(x) (+ noise in training); probs = softmax(logits) over all experts; top-k by
 # logits; combine weights = softmax over the k selected logits; expert = down(dropout(silu(up)));
 # in training aux = coef * E * sum_e f_e * P_e with f_e the (constant) fraction of the routed
@@ -573,7 +573,7 @@ def seed_moe_case(name, *, seed, dtype, out_dir):
 
 
 # ---------------------------------------------------------------------------------------------
-# The seed's standard attention in plain PyTorch, as ablate's MHA computes it (seed notes):
+# The seed's standard attention in plain PyTorch, as ablate's MHA computes it (the seed's code):
 # fused qkv = x Wqkv^T (no bias) split into q, k, v of width d, each [heads, head_dim] with the
 # heads side by side; RoPE (base 10000) on interleaved pairs (2i, 2i+1) of every q and k head,
 # pair i turning by position * theta^(-2i / head_dim); causal softmax(q k^T / sqrt(head_dim)) v;

@@ -202,6 +202,22 @@ TEST_CASE("data: Gpt2Tokenizer on a tiny vocabulary gives gpt-3-encoder's ids") 
   // Copies share the tables and cache.
   const Gpt2Tokenizer copy = tok;
   CHECK(copy.encode(" the") == Ids{258});
+
+  // The vocabulary fingerprint follows what the ids stand for, not the merges.
+  const auto fingerprint = [](std::string_view encoder_json, std::string_view vocab_bpe) {
+    return Gpt2Tokenizer::from_strings(encoder_json, vocab_bpe).vocabulary_fingerprint();
+  };
+  const std::string json = tiny_encoder_json();
+  const auto replaced = [](std::string text, const std::string& from, const std::string& to) {
+    return text.replace(text.find(from), from.size(), to);
+  };
+  const std::string swapped =  // "t" and "h" trade ids
+      replaced(replaced(json, "\"t\": 116,", "\"t\": 104,"), "\"h\": 104,", "\"h\": 116,");
+  CHECK(tok.vocabulary_fingerprint() == fingerprint(json, tiny_vocab_bpe()));
+  CHECK(tok.vocabulary_fingerprint() == fingerprint(json, "#version: 0.2\nh e\n"));
+  CHECK(tok.vocabulary_fingerprint() != fingerprint(swapped, tiny_vocab_bpe()));
+  const std::string unused = replaced(json, "\"he\": 257,\n", "");  // id 257 no longer used
+  CHECK(tok.vocabulary_fingerprint() != fingerprint(unused, "#version: 0.2\n"));
 }
 
 namespace {

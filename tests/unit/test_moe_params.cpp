@@ -1,5 +1,5 @@
-// Parameter counts of whole MoE models at the seed's vocabulary (49152) against the counts in
-// the seed notes, and the GLM4 MoE model's count against its arithmetic.
+// Parameter counts of whole MoE models at the seed's vocabulary (49152) against the seed's
+// reported counts, and the GLM4 MoE model's count against its arithmetic.
 #include <doctest/doctest.h>
 
 #include <cstddef>

@@ -22,19 +22,19 @@
 // same float computation on the loaded weights), and perturbed, incomplete or mismatched ones
 // must fail.
 //
-// Where transformers and the seed notes differ, this is what ablate follows (and so what the
+// Where transformers and the seed's code differ, this is what ablate follows (and so what the
 // blocks are configured as):
 //   - RoPE layout.  DeepseekV3Attention with rope_interleave = true (transformers' default)
-//     de-interleaves q_pe / k_pe and then rotates halves: the seed notes' "DeepSeek RoPE" and
+//     de-interleaves q_pe / k_pe and then rotates halves: the seed's "DeepSeek RoPE" and
 //     ablate's RopeLayout::DeepSeek.  With rope_interleave = false transformers rotates pairs
 //     (i, i + rope/2) of the stored layout, which ablate does not implement (it equals a
 //     permutation of q_b_proj / kv_a_proj_with_mqa rows); the script asserts true.  The seed's
 //     standard attention rotates interleaved pairs (2i, 2i + 1) -- not transformers' Llama-style
 //     rotate-half -- and so does ablate's MHA (RopeLayout::Interleaved): its golden comes from
-//     plain PyTorch written after the seed notes.
+//     plain PyTorch written after the seed's code.
 //   - Latent norm eps.  transformers releases build q_a_layernorm / kv_a_layernorm with
 //     config.rms_norm_eps or with the norm's default 1e-6; ablate keeps mla_rms_norm_eps (the
-//     seed notes' 1e-6 inside DeepSeek modules) apart from the skeleton's rms_norm_eps (float32
+//     seed's 1e-6 inside DeepSeek modules) apart from the skeleton's rms_norm_eps (float32
 //     epsilon), so the golden's config sets mla_rms_norm_eps to the eps the module has.
 //   - Router dtype.  transformers computes router logits, sigmoid scores and weights in float32
 //     whatever the module's dtype; the seed's router ran in the model dtype; ablate in the

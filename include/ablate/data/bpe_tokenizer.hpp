@@ -43,6 +43,7 @@
 #include "ablate/core/error.hpp"
 #include "ablate/data/byte_symbols.hpp"
 #include "ablate/data/file_io.hpp"
+#include "ablate/data/fingerprint.hpp"
 #include "ablate/data/gpt2_pretokenizer.hpp"
 #include "ablate/data/json_int_object.hpp"
 #include "ablate/data/utf8.hpp"
@@ -141,6 +142,18 @@ class Gpt2Tokenizer {
   // One more than the largest id in encoder.json (50257 for GPT-2): the size an embedding
   // table needs.
   std::size_t vocab_size() const { return impl_->decoder.size(); }
+
+  // A hash of what every id stands for (its bytes, or that it is unused): two tokenizers with
+  // one fingerprint give a token id the same meaning, whatever their merges.
+  std::uint64_t vocabulary_fingerprint() const {
+    Fingerprint f;
+    f.add(static_cast<std::uint64_t>(impl_->decoder.size()));
+    for (std::size_t id = 0; id < impl_->decoder.size(); ++id) {
+      f.add(std::uint64_t{impl_->known[id]});
+      f.add(impl_->decoder[id]);
+    }
+    return f.value();
+  }
 
   // Number of distinct symbols in encoder.json and of merges in vocab.bpe.
   std::size_t num_symbols() const { return impl_->encoder.size(); }
