@@ -30,19 +30,24 @@ double g_peak_flops = 0;  // measured bf16 GEMM FLOP/s
 // Times `reps` calls of fn() with CUDA events on the runtime stream; returns seconds per call.
 // Calls of a few microseconds (a norm over 4096 x 512) need reps > 1: each timing starts on an
 // idle GPU, so it would otherwise include the host's launch of the first kernel.
+// A timing event, destroyed however the timed call ends (a failing benchmark throws).
+struct TimingEvent {
+  cudaEvent_t event = nullptr;
+  TimingEvent() { ABLATE_CUDA_CHECK(cudaEventCreate(&event)); }
+  ~TimingEvent() { (void)cudaEventDestroy(event); }
+  TimingEvent(const TimingEvent&) = delete;
+  TimingEvent& operator=(const TimingEvent&) = delete;
+};
+
 template <class Fn>
 double timed(Fn&& fn, int reps = 1) {
-  cudaEvent_t start, stop;
-  ABLATE_CUDA_CHECK(cudaEventCreate(&start));
-  ABLATE_CUDA_CHECK(cudaEventCreate(&stop));
-  ABLATE_CUDA_CHECK(cudaEventRecord(start, cuda::stream()));
+  const TimingEvent start, stop;
+  ABLATE_CUDA_CHECK(cudaEventRecord(start.event, cuda::stream()));
   for (int r = 0; r < reps; ++r) fn();
-  ABLATE_CUDA_CHECK(cudaEventRecord(stop, cuda::stream()));
-  ABLATE_CUDA_CHECK(cudaEventSynchronize(stop));
+  ABLATE_CUDA_CHECK(cudaEventRecord(stop.event, cuda::stream()));
+  ABLATE_CUDA_CHECK(cudaEventSynchronize(stop.event));
   float ms = 0;
-  ABLATE_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  ABLATE_CUDA_CHECK(cudaEventDestroy(start));
-  ABLATE_CUDA_CHECK(cudaEventDestroy(stop));
+  ABLATE_CUDA_CHECK(cudaEventElapsedTime(&ms, start.event, stop.event));
   return ms / 1e3 / reps;
 }
 

@@ -20,6 +20,30 @@ void shape(const T& t, std::ptrdiff_t rows, std::ptrdiff_t cols, const char* wha
           t.cols(), "], expected [", rows, ", ", cols, "]");
 }
 
+// b has a's shape: the operands of an element-wise kernel.
+template <class T, class U>
+void same_shape(const T& a, const U& b, const char* what, const char* a_name, const char* b_name) {
+  require(a.rows() == b.rows() && a.cols() == b.cols(), what, ": ", b_name, " is [", b.rows(),
+          ", ", b.cols(), "] but ", a_name, " is [", a.rows(), ", ", a.cols(), "]");
+}
+
+// b has as many columns as a: rows of one added into rows of the other.
+template <class T, class U>
+void same_columns(const T& a, const U& b, const char* what, const char* a_name,
+                  const char* b_name) {
+  require(a.cols() == b.cols(), what, ": ", b_name, " has ", b.cols(), " columns but ", a_name,
+          " has ", a.cols());
+}
+
+// Columns [offset, offset + count) of `whole`, for a block of `rows` rows.
+template <class T>
+void columns(const T& whole, std::ptrdiff_t offset, std::ptrdiff_t count, std::ptrdiff_t rows,
+             const char* what) {
+  require(offset >= 0 && count >= 0 && offset + count <= whole.cols() && rows == whole.rows(),
+          what, ": columns [", offset, ", ", offset + count, ") of ", rows, " rows in a [",
+          whole.rows(), ", ", whole.cols(), "] tensor");
+}
+
 // RoPE in place on x [N, heads * head_stride or more]: the rotary slice [offset, offset +
 // rope_dim) of each head, rope_dim even; row r at position r % seq, N a multiple of seq.
 template <class T>

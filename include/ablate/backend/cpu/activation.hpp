@@ -2,6 +2,7 @@
 #pragma once
 
 #include "ablate/backend/cpu/tensor.hpp"
+#include "ablate/core/operand_checks.hpp"
 
 namespace ablate::cpu {
 
@@ -16,6 +17,7 @@ struct ActivationKernels {
   }
   // dx = dy * s * (1 + x * (1 - s)),  s = sigmoid(x)
   static void silu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
+    checks::same_shape(x, dy, "silu_backward", "x", "dy");
     // No temporaries: a fresh activation-sized buffer costs more in page faults than the math.
     dx.resize(x.rows(), x.cols());
     dx.array() = S(1) / (S(1) + (-x.array()).exp());  // s
@@ -24,12 +26,15 @@ struct ActivationKernels {
 
   // h = silu(gate) * up
   static void swiglu_forward(Tensor& h, const Tensor& gate, const Tensor& up) {
+    checks::same_shape(gate, up, "swiglu_forward", "gate", "up");
     h.resize(gate.rows(), gate.cols());
     h.array() = gate.array() / (S(1) + (-gate.array()).exp()) * up.array();
   }
   // dgate = dh * up * silu'(gate),  dup = dh * silu(gate)
   static void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dh, const Tensor& gate,
                               const Tensor& up) {
+    checks::same_shape(gate, up, "swiglu_backward", "gate", "up");
+    checks::same_shape(gate, dh, "swiglu_backward", "gate", "dh");
     dgate.resize(gate.rows(), gate.cols());
     dup.resize(gate.rows(), gate.cols());
     dup.array() = S(1) / (S(1) + (-gate.array()).exp());  // s, then overwritten below

@@ -15,6 +15,7 @@
 
 #include "ablate/backend/cpu/tensor.hpp"
 #include "ablate/core/expert_selection.hpp"
+#include "ablate/core/operand_checks.hpp"
 
 namespace ablate::cpu {
 
@@ -184,6 +185,7 @@ struct MoEKernels {
   }
   // y[rows[begin + i]] += src[i].  Within one expert's range the rows are distinct.
   static void scatter_add_rows(Tensor& y, const Tensor& src, const Indices& rows, std::size_t begin) {
+    checks::same_columns(y, src, "moe scatter_add_rows", "y", "src");
     const Eigen::Index n = src.rows();
     const std::int32_t* r = rows.data() + begin;
     ABLATE_PARALLEL_FOR
@@ -193,6 +195,7 @@ struct MoEKernels {
   static void scatter_add_rows_weighted(Tensor& y, const Tensor& src, const Indices& rows,
                                         const Indices& slots, const Tensor& weights,
                                         std::size_t begin) {
+    checks::same_columns(y, src, "moe scatter_add_rows_weighted", "y", "src");
     const Eigen::Index n = src.rows();
     const std::int32_t* r = rows.data() + begin;
     const std::int32_t* s = slots.data() + begin;

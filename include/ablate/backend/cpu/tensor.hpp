@@ -49,10 +49,16 @@ struct TensorKernels {
   }
   static void set_zero(Tensor& t) { t.setZero(); }
   static void copy(Tensor& dst, const Tensor& src) { dst = src; }
-  static void add_inplace(Tensor& y, const Tensor& x) { y += x; }
+  static void add_inplace(Tensor& y, const Tensor& x) {
+    checks::same_shape(y, x, "add_inplace", "y", "x");
+    y += x;
+  }
   static void scale_inplace(Tensor& y, double s) { y *= static_cast<S>(s); }
   // y += s * x
-  static void axpy(Tensor& y, double s, const Tensor& x) { y += static_cast<S>(s) * x; }
+  static void axpy(Tensor& y, double s, const Tensor& x) {
+    checks::same_shape(y, x, "axpy", "y", "x");
+    y += static_cast<S>(s) * x;
+  }
   // y += s * x[row, row + y.rows()): one matrix of a stack into its parameter.
   static void axpy_rows(Tensor& y, double s, const Tensor& x, Eigen::Index row) {
     checks::stacked_rows(x, row, y, "axpy_rows");
@@ -66,14 +72,17 @@ struct TensorKernels {
 
   // dst = src[:, offset, offset + count)
   static void slice_columns(Tensor& dst, const Tensor& src, Eigen::Index offset, Eigen::Index count) {
+    checks::columns(src, offset, count, src.rows(), "slice_columns");
     dst = src.middleCols(offset, count);
   }
   // dst[:, offset, offset + src.cols()) = src; dst keeps its size.
   static void write_columns(Tensor& dst, Eigen::Index offset, const Tensor& src) {
+    checks::columns(dst, offset, src.cols(), src.rows(), "write_columns");
     dst.middleCols(offset, src.cols()) = src;
   }
   // dst[:, offset, offset + src.cols()) += src
   static void add_columns(Tensor& dst, Eigen::Index offset, const Tensor& src) {
+    checks::columns(dst, offset, src.cols(), src.rows(), "add_columns");
     dst.middleCols(offset, src.cols()) += src;
   }
 

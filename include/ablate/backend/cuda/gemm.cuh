@@ -5,8 +5,8 @@
 // cuBLASLt is column-major; a row-major X is the column-major X^T, so C^T = op(B)^T op(A)^T is
 // computed with B first.  The bias epilogue then adds one value per column-major row, which is
 // one per output feature.  Descriptors and the heuristic's algorithm are cached per shape and
-// per operand alignment (an algorithm chosen for 256-byte aligned operands may not run on a
-// view that starts mid-row).
+// per operand alignment, up to 16 bytes (an algorithm chosen for 16-byte aligned operands may
+// not run on a view that starts mid-row).
 // Shapes cuBLASLt finds no algorithm for (tiny, odd leading dimensions) run a tiled SIMT kernel
 // on the same bf16 operands.  Batched (batch > 1), each operand holds `batch` matrices one
 // after another (a stack: matrix g of A starts m k elements after matrix g - 1) and one strided
@@ -113,7 +113,10 @@ class Gemm {
     require(batch == 1 || bias == nullptr, "Gemm: a batched GEMM takes no bias");
     if (c_in == nullptr) c_in = c;
     const Plan* plan = nullptr;
-    if (k > 0) {
+    // The bias epilogue reads the bias in 16-byte vectors; a bias that starts elsewhere (a view
+    // into a larger tensor) takes the tiled kernel.
+    const bool bias_aligned = reinterpret_cast<std::uintptr_t>(bias) % 16 == 0;
+    if (k > 0 && bias_aligned) {
       // cuBLASLt's X is b, its Y is a (see make_plan); a batch's matrices start a whole
       // matrix apart, which also bounds their alignment.
       const std::ptrdiff_t step = batch > 1 ? 1 : 0;
@@ -192,15 +195,17 @@ class Gemm {
   // The runtime first, so that it outlives this singleton's descriptors.
   Gemm() { (void)Runtime::get(); }
 
-  // The largest power of two up to 256 bytes that divides the operand's start address, its row
+  // The largest power of two up to 16 bytes that divides the operand's start address, its row
   // pitch (ld elements of elem bytes) and its batch stride (elements; 0 when not batched):
-  // what every row of every matrix of it is aligned to.
+  // what every row of every matrix of it is aligned to.  16 bytes is the most a cuBLASLt kernel
+  // asks for; a higher cap would let the pool's placement of a tensor pick the algorithm, and
+  // with it the rounding, so that two runs of one model could differ in their last bits.
   static std::uint32_t alignment(const void* p, std::ptrdiff_t ld, std::size_t elem,
                                  std::ptrdiff_t batch_stride = 0) {
     const auto address = reinterpret_cast<std::uintptr_t>(p);
     const auto pitch = static_cast<std::size_t>(ld) * elem;
     const auto stride = static_cast<std::size_t>(batch_stride) * elem;
-    std::uint32_t a = 256;
+    std::uint32_t a = 16;
     while (a > elem && (address % a != 0 || pitch % a != 0 || stride % a != 0)) a /= 2;
     return a;
   }

@@ -32,6 +32,7 @@
 #include "ablate/backend/cuda/tensor.cuh"
 #include "ablate/core/error.hpp"
 #include "ablate/core/expert_selection.hpp"
+#include "ablate/core/operand_checks.hpp"
 #include "ablate/core/random.hpp"
 
 namespace ablate::cuda {
@@ -570,6 +571,7 @@ struct MoEKernels {
   // y[rows[begin + i]] += src[i].  Within one expert's range the rows are distinct.
   static void scatter_add_rows(Tensor& y, const Tensor& src, const Indices& rows, std::size_t begin) {
     require_range("moe scatter_add_rows", rows, begin, rows_of(src));
+    checks::same_columns(y, src, "moe scatter_add_rows", "y", "src");
     moe_elementwise("moe scatter_add_rows", kernels::moe::scatter_add_rows, src.numel(), y.data(),
                     src.data(), rows.data() + begin, src.numel(), cols_of(src));
   }
@@ -579,6 +581,7 @@ struct MoEKernels {
                                         std::size_t begin) {
     require_range("moe scatter_add_rows_weighted", rows, begin, rows_of(src));
     require_range("moe scatter_add_rows_weighted", slots, begin, rows_of(src));
+    checks::same_columns(y, src, "moe scatter_add_rows_weighted", "y", "src");
     moe_elementwise("moe scatter_add_rows_weighted", kernels::moe::scatter_add_rows_weighted,
                     src.numel(), y.data(), src.data(), rows.data() + begin, slots.data() + begin,
                     weights.data(), src.numel(), cols_of(src));

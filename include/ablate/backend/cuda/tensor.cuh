@@ -150,6 +150,7 @@ struct TensorKernels {
   }
   static void copy(Tensor& dst, const Tensor& src) { dst = src; }
   static void add_inplace(Tensor& y, const Tensor& x) {
+    checks::same_shape(y, x, "add_inplace", "y", "x");
     launch(kernels::add, y.numel(), y.data(), y.numel(), x.data());
   }
   static void scale_inplace(Tensor& y, double s) {
@@ -157,6 +158,7 @@ struct TensorKernels {
   }
   // y += s * x
   static void axpy(Tensor& y, double s, const Tensor& x) {
+    checks::same_shape(y, x, "axpy", "y", "x");
     launch(kernels::axpy, y.numel(), y.data(), y.numel(), static_cast<float>(s), x.data());
   }
   // y += s * x[row, row + y.rows()): one matrix of a stack into its parameter.
@@ -175,15 +177,18 @@ struct TensorKernels {
 
   // dst = src[:, offset, offset + count)
   static void slice_columns(Tensor& dst, const Tensor& src, std::ptrdiff_t offset, std::ptrdiff_t count) {
+    checks::columns(src, offset, count, src.rows(), "slice_columns");
     dst.resize(src.rows(), count);
     copy_columns(dst, 0, src, offset, count, false);
   }
   // dst[:, offset, offset + src.cols()) = src
   static void write_columns(Tensor& dst, std::ptrdiff_t offset, const Tensor& src) {
+    checks::columns(dst, offset, src.cols(), src.rows(), "write_columns");
     copy_columns(dst, offset, src, 0, src.cols(), false);
   }
   // dst[:, offset, offset + src.cols()) += src
   static void add_columns(Tensor& dst, std::ptrdiff_t offset, const Tensor& src) {
+    checks::columns(dst, offset, src.cols(), src.rows(), "add_columns");
     copy_columns(dst, offset, src, 0, src.cols(), true);
   }
 
