@@ -39,14 +39,15 @@
 # The whole run takes more than ten minutes.  To run it in two parts, say
 # --skip pytorch,exp1,memcheck and then --only pytorch,exp1 (without the bench step's
 # bench_train.json in OUT, the pytorch step runs bench_cuda's training steps itself).
-# ABLATE_GPU_CHECK_ANYWAY=1 runs even where nvidia-smi cannot list a GPU (a container without
-# nvidia-smi); the CUDA programs then report themselves whether they find a device.
+# ABLATE_GPU_CHECK_ANYWAY (set to anything) runs even where nvidia-smi cannot list a GPU (a
+# container without nvidia-smi); the CUDA programs then report themselves whether they find a
+# device.
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 all_steps=(golden tests bench pytorch exp1 memcheck)
 
-usage() { sed -n '2,43s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,44s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 die() {
   echo "gpu-check.sh: $*" >&2
   exit 2

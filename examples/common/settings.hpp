@@ -206,7 +206,7 @@ class CommandLine {
                     "GPT-2 format vocab.bpe (with --encoder); with --params: a vocabulary size");
     app_.add_option("--out", out_,
                     "folder for results.json and the plots (default: results/" + def.program +
-                        "-<protocol>-<preset>)");
+                        "-<protocol>-<preset>, the preset ending in +tiny with --tiny)");
     app_.add_option("--save-models", save_models_,
                     "save every trained model to DIR/<model>-seed<seed>.safetensors (weights "
                     "under Hugging Face names, architecture and config in the metadata)")

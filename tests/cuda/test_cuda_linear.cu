@@ -187,6 +187,19 @@ TEST_CASE("cuda: the tiled fallback GEMM matches the CPU, batched and transposed
                                                                gbias.data(), out1.data(), 1);
       ABLATE_CUDA_CHECK_LAUNCH("gemm_tiled");
       CHECK(relative_error(out1, with_bias) < kBf16Tolerance);
+
+      // The same through Gemm with the bias a view 4 bytes into a tensor: not 16-byte aligned
+      // for the bias epilogue, so it takes the tiled kernel, and no plan is made for it.
+      CpuTensor shifted(1, n + 1);
+      shifted(0, 0) = 1e6f;
+      shifted.rightCols(n) = bias;
+      const GpuTensor gshifted = to_gpu(shifted);
+      GpuTensor out2(m, n);
+      const std::size_t plans_before = Gemm::get().plans();
+      Gemm::get().run_bf16(out2.data(), a16.data(), ta, b16.data(), tb, m, n, kk, 1.f, 0.f,
+                           gshifted.data() + 1);
+      CHECK(Gemm::get().plans() == plans_before);
+      CHECK(relative_error(out2, with_bias) < kBf16Tolerance);
     }
   }
 }

@@ -129,6 +129,14 @@ TEST_CASE("data: read_file reads files and pipes, and refuses devices") {
   if (fs::exists("/proc/self/status")) {  // a regular file that reports size 0
     CHECK(contains(read_file("/proc/self/status"), "Name:"));
   }
+  if (fs::exists("/sys/kernel/mm/transparent_hugepage/enabled")) {  // reports 4096 bytes
+    CHECK(contains(read_file("/sys/kernel/mm/transparent_hugepage/enabled"), "["));
+  }
+  fs::create_symlink("loop_b", dir.path / "loop_a");
+  fs::create_symlink("loop_a", dir.path / "loop_b");
+  const std::string loop = error_of([&] { read_file(dir.path / "loop_a"); });
+  CHECK_FALSE(contains(loop, "no such file"));
+  CHECK(contains(loop, "loop_a"));
   const fs::path fifo = dir.path / "pipe";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
   const auto feed = [&](std::size_t bytes) {
