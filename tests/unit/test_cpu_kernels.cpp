@@ -183,13 +183,15 @@ TEST_CASE("CPU linear, norm and attention kernels reject operands of the wrong s
   const auto invalid = [](auto&& call, const char* text) {
     CHECK_THROWS_WITH_AS(call(), doctest::Contains(text), ablate::invalid_input);
   };
-  invalid([&] { D::linear_forward(y, zeros(6, 5), w, &b); }, "x is [6, 5] but the weight is [3, 4]");
+  invalid([&] { D::linear_forward(y, zeros(6, 5), w, &b); },
+          "x is [6, 5] but the weight is [3, 4]");
   const D::Tensor column_bias = zeros(3, 1);
   invalid([&] { D::linear_forward(y, x, w, &column_bias); }, "the bias is [3, 1]");
   invalid([&] { D::linear_backward(&dx, dw, &db, zeros(6, 2), x, w); }, "dy is [6, 2]");
   invalid([&] { D::linear_backward(&dx, dw, &db, zeros(5, 3), x, w); }, "dy is [5, 3]");
   D::Tensor wrong_dw = zeros(4, 3);
-  invalid([&] { D::linear_backward(&dx, wrong_dw, &db, dy, x, w); }, "the weight gradient is [4, 3]");
+  invalid([&] { D::linear_backward(&dx, wrong_dw, &db, dy, x, w); },
+          "the weight gradient is [4, 3]");
   D::Tensor small_dx = zeros(6, 3);
   invalid([&] { D::linear_backward(&small_dx, dw, &db, dy, x, w, /*accumulate_dx=*/true); },
           "the accumulated dx is [6, 3]");
@@ -236,16 +238,19 @@ TEST_CASE("CPU element-wise, column and scatter kernels reject operands of the w
     CHECK_THROWS_WITH_AS(call(), doctest::Contains(text), ablate::invalid_input);
   };
   D::Tensor y = zeros(4, 6), out;
-  invalid([&] { D::add_inplace(y, zeros(4, 5)); }, "add_inplace: x is [4, 5] but y is [4, 6]");
-  invalid([&] { D::axpy(y, 2.0, zeros(3, 6)); }, "axpy: x is [3, 6] but y is [4, 6]");
+  invalid([&] { D::add_inplace(y, zeros(4, 5)); }, "add_inplace: x is [4, 5], expected [4, 6]");
+  invalid([&] { D::axpy(y, 2.0, zeros(3, 6)); }, "axpy: x is [3, 6], expected [4, 6]");
   invalid([&] { D::slice_columns(out, y, 4, 3); }, "slice_columns: columns [4, 7) of 4 rows");
   invalid([&] { D::slice_columns(out, y, -1, 2); }, "columns [-1, 1)");
   invalid([&] { D::write_columns(y, 5, zeros(4, 2)); }, "write_columns: columns [5, 7)");
   invalid([&] { D::add_columns(y, 0, zeros(3, 2)); }, "add_columns: columns [0, 2) of 3 rows");
-  invalid([&] { D::silu_backward(out, zeros(4, 5), y); }, "silu_backward: dy is [4, 5]");
-  invalid([&] { D::swiglu_forward(out, y, zeros(4, 5)); }, "swiglu_forward: up is [4, 5]");
+  invalid([&] { D::silu_backward(out, zeros(4, 5), y); },
+          "silu_backward: dy is [4, 5], expected [4, 6]");
+  invalid([&] { D::swiglu_forward(out, y, zeros(4, 5)); },
+          "swiglu_forward: up is [4, 5], expected [4, 6]");
   D::Tensor dgate, dup;
-  invalid([&] { D::swiglu_backward(dgate, dup, zeros(2, 6), y, y); }, "swiglu_backward: dh is [2, 6]");
+  invalid([&] { D::swiglu_backward(dgate, dup, zeros(2, 6), y, y); },
+          "swiglu_backward: dh is [2, 6], expected [4, 6]");
   const D::Indices rows(std::vector<std::int32_t>{0, 1});
   invalid([&] { D::scatter_add_rows(y, zeros(2, 5), rows, 0); },
           "moe scatter_add_rows: src has 5 columns but y has 6");

@@ -20,13 +20,6 @@ void shape(const T& t, std::ptrdiff_t rows, std::ptrdiff_t cols, const char* wha
           t.cols(), "], expected [", rows, ", ", cols, "]");
 }
 
-// b has a's shape: the operands of an element-wise kernel.
-template <class T, class U>
-void same_shape(const T& a, const U& b, const char* what, const char* a_name, const char* b_name) {
-  require(a.rows() == b.rows() && a.cols() == b.cols(), what, ": ", b_name, " is [", b.rows(),
-          ", ", b.cols(), "] but ", a_name, " is [", a.rows(), ", ", a.cols(), "]");
-}
-
 // b has as many columns as a: rows of one added into rows of the other.
 template <class T, class U>
 void same_columns(const T& a, const U& b, const char* what, const char* a_name,

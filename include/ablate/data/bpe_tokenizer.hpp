@@ -279,15 +279,17 @@ class Gpt2Tokenizer {
     const auto spans = [&](std::size_t a, std::size_t b) { return piece.substr(a, b - a); };
     const auto alive = [&](const Pair& p) { return end[p.left] == p.mid && end[p.mid] == p.right; };
     std::vector<Pair> heap;
+    const auto push = [&](const Pair& p) {
+      heap.push_back(p);
+      std::push_heap(heap.begin(), heap.end(), later_first);
+    };
     std::string key;
-    const auto push_pair = [&](std::size_t left, std::size_t mid) {
+    const auto push_pair = [&](std::size_t left, std::size_t mid) {  // if it has a rank
       if (mid >= n) return;
       const std::size_t right = end[mid];
       key.assign(spans(left, mid)).append(",").append(spans(mid, right));
       const auto it = impl_->ranks.find(std::string_view(key));
-      if (it == impl_->ranks.end()) return;
-      heap.push_back({it->second, left, mid, right});
-      std::push_heap(heap.begin(), heap.end(), later_first);
+      if (it != impl_->ranks.end()) push({it->second, left, mid, right});
     };
     const auto pop = [&] {
       std::pop_heap(heap.begin(), heap.end(), later_first);
@@ -328,20 +330,15 @@ class Gpt2Tokenizer {
         if (p.right < n) prev[p.right] = p.left;
         merged.push_back(p.left);
       }
-      for (const Pair& p : others) {
-        heap.push_back(p);
-        std::push_heap(heap.begin(), heap.end(), later_first);
-      }
+      for (const Pair& p : others) push(p);  // those this round destroyed are skipped later
       for (const std::size_t s : merged) {
         if (s > 0) push_pair(prev[s], s);
         push_pair(s, end[s]);
       }
     }
-    std::vector<std::string_view> word;
-    for (std::size_t b = 0; b < n; b = end[b]) word.push_back(spans(b, end[b]));
     std::vector<std::int32_t> ids;
-    ids.reserve(word.size());
-    for (const std::string_view s : word) {
+    for (std::size_t b = 0; b < n; b = end[b]) {
+      const std::string_view s = spans(b, end[b]);
       const auto it = impl_->encoder.find(s);
       require(it != impl_->encoder.end(), "Gpt2Tokenizer::encode: BPE produced the symbol ",
               detail::printable(s), " which is not in encoder.json");

@@ -17,7 +17,7 @@ struct ActivationKernels {
   }
   // dx = dy * s * (1 + x * (1 - s)),  s = sigmoid(x)
   static void silu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
-    checks::same_shape(x, dy, "silu_backward", "x", "dy");
+    checks::shape(dy, x.rows(), x.cols(), "silu_backward", "dy");
     // No temporaries: a fresh activation-sized buffer costs more in page faults than the math.
     dx.resize(x.rows(), x.cols());
     dx.array() = S(1) / (S(1) + (-x.array()).exp());  // s
@@ -26,15 +26,15 @@ struct ActivationKernels {
 
   // h = silu(gate) * up
   static void swiglu_forward(Tensor& h, const Tensor& gate, const Tensor& up) {
-    checks::same_shape(gate, up, "swiglu_forward", "gate", "up");
+    checks::shape(up, gate.rows(), gate.cols(), "swiglu_forward", "up");
     h.resize(gate.rows(), gate.cols());
     h.array() = gate.array() / (S(1) + (-gate.array()).exp()) * up.array();
   }
   // dgate = dh * up * silu'(gate),  dup = dh * silu(gate)
   static void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dh, const Tensor& gate,
                               const Tensor& up) {
-    checks::same_shape(gate, up, "swiglu_backward", "gate", "up");
-    checks::same_shape(gate, dh, "swiglu_backward", "gate", "dh");
+    checks::shape(up, gate.rows(), gate.cols(), "swiglu_backward", "up");
+    checks::shape(dh, gate.rows(), gate.cols(), "swiglu_backward", "dh");
     dgate.resize(gate.rows(), gate.cols());
     dup.resize(gate.rows(), gate.cols());
     dup.array() = S(1) / (S(1) + (-gate.array()).exp());  // s, then overwritten below

@@ -50,13 +50,13 @@ struct TensorKernels {
   static void set_zero(Tensor& t) { t.setZero(); }
   static void copy(Tensor& dst, const Tensor& src) { dst = src; }
   static void add_inplace(Tensor& y, const Tensor& x) {
-    checks::same_shape(y, x, "add_inplace", "y", "x");
+    checks::shape(x, y.rows(), y.cols(), "add_inplace", "x");
     y += x;
   }
   static void scale_inplace(Tensor& y, double s) { y *= static_cast<S>(s); }
   // y += s * x
   static void axpy(Tensor& y, double s, const Tensor& x) {
-    checks::same_shape(y, x, "axpy", "y", "x");
+    checks::shape(x, y.rows(), y.cols(), "axpy", "x");
     y += static_cast<S>(s) * x;
   }
   // y += s * x[row, row + y.rows()): one matrix of a stack into its parameter.

@@ -150,7 +150,7 @@ struct TensorKernels {
   }
   static void copy(Tensor& dst, const Tensor& src) { dst = src; }
   static void add_inplace(Tensor& y, const Tensor& x) {
-    checks::same_shape(y, x, "add_inplace", "y", "x");
+    checks::shape(x, y.rows(), y.cols(), "add_inplace", "x");
     launch(kernels::add, y.numel(), y.data(), y.numel(), x.data());
   }
   static void scale_inplace(Tensor& y, double s) {
@@ -158,7 +158,7 @@ struct TensorKernels {
   }
   // y += s * x
   static void axpy(Tensor& y, double s, const Tensor& x) {
-    checks::same_shape(y, x, "axpy", "y", "x");
+    checks::shape(x, y.rows(), y.cols(), "axpy", "x");
     launch(kernels::axpy, y.numel(), y.data(), y.numel(), static_cast<float>(s), x.data());
   }
   // y += s * x[row, row + y.rows()): one matrix of a stack into its parameter.
