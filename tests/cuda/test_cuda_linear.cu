@@ -1,4 +1,5 @@
 // Tensor basics and the cuBLASLt linear layer against the CPU backend.
+#include "../elementwise_shape_checks.hpp"
 #include "cuda_test_util.cuh"
 
 using namespace cuda_test;
@@ -217,31 +218,13 @@ TEST_CASE("cuda: linear and norm kernels reject operands of the wrong shape befo
 }
 
 TEST_CASE("cuda: element-wise, column and scatter kernels reject operands of the wrong shape") {
-  const auto zeros = [](std::ptrdiff_t rows, std::ptrdiff_t cols) {
-    return to_gpu(CpuTensor::Zero(rows, cols));
-  };
-  const auto invalid = [](auto&& call, const char* text) {
-    CHECK_THROWS_WITH_AS(call(), doctest::Contains(text), ablate::invalid_input);
-  };
-  GpuTensor y = zeros(4, 6), out;
-  invalid([&] { CUDA::add_inplace(y, zeros(4, 5)); }, "add_inplace: x is [4, 5], expected [4, 6]");
-  invalid([&] { CUDA::axpy(y, 2.0, zeros(3, 6)); }, "axpy: x is [3, 6], expected [4, 6]");
-  invalid([&] { CUDA::slice_columns(out, y, 4, 3); }, "slice_columns: columns [4, 7) of 4 rows");
-  invalid([&] { CUDA::write_columns(y, 5, zeros(4, 2)); }, "write_columns: columns [5, 7)");
-  invalid([&] { CUDA::add_columns(y, 0, zeros(3, 2)); }, "add_columns: columns [0, 2) of 3 rows");
-  invalid([&] { CUDA::silu_backward(out, zeros(4, 5), y); },
-          "silu_backward: dy is [4, 5], expected [4, 6]");
-  invalid([&] { CUDA::swiglu_forward(out, y, zeros(4, 5)); },
-          "swiglu_forward: up is [4, 5], expected [4, 6]");
-  GpuTensor dgate, dup;
-  invalid([&] { CUDA::swiglu_backward(dgate, dup, zeros(2, 6), y, y); },
-          "swiglu_backward: dh is [2, 6], expected [4, 6]");
-  CUDA::Indices rows;
-  rows.from_host(std::vector<std::int32_t>{0, 1});
-  invalid([&] { CUDA::scatter_add_rows(y, zeros(2, 5), rows, 0); },
-          "moe scatter_add_rows: src has 5 columns but y has 6");
-  CUDA::add_inplace(y, zeros(4, 6));  // the right shapes still work
-  CUDA::scatter_add_rows(y, zeros(2, 6), rows, 0);
+  const GpuTensor y = ablate_test::check_elementwise_shape_errors<CUDA>(
+      [](std::ptrdiff_t rows, std::ptrdiff_t cols) { return to_gpu(CpuTensor::Zero(rows, cols)); },
+      [](const std::vector<std::int32_t>& v) {
+        CUDA::Indices g;
+        g.from_host(v);
+        return g;
+      });
   CHECK(to_cpu(y).isZero());
 }
 

@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "../elementwise_shape_checks.hpp"
+
 namespace {
 
 using D = ablate::CPUBackend<double>;
@@ -229,33 +231,8 @@ TEST_CASE("CPU linear, norm and attention kernels reject operands of the wrong s
 }
 
 TEST_CASE("CPU element-wise, column and scatter kernels reject operands of the wrong shape") {
-  const auto zeros = [](Eigen::Index rows, Eigen::Index cols) {
-    D::Tensor t(rows, cols);
-    t.setZero();
-    return t;
-  };
-  const auto invalid = [](auto&& call, const char* text) {
-    CHECK_THROWS_WITH_AS(call(), doctest::Contains(text), ablate::invalid_input);
-  };
-  D::Tensor y = zeros(4, 6), out;
-  invalid([&] { D::add_inplace(y, zeros(4, 5)); }, "add_inplace: x is [4, 5], expected [4, 6]");
-  invalid([&] { D::axpy(y, 2.0, zeros(3, 6)); }, "axpy: x is [3, 6], expected [4, 6]");
-  invalid([&] { D::slice_columns(out, y, 4, 3); }, "slice_columns: columns [4, 7) of 4 rows");
-  invalid([&] { D::slice_columns(out, y, -1, 2); }, "columns [-1, 1)");
-  invalid([&] { D::write_columns(y, 5, zeros(4, 2)); }, "write_columns: columns [5, 7)");
-  invalid([&] { D::add_columns(y, 0, zeros(3, 2)); }, "add_columns: columns [0, 2) of 3 rows");
-  invalid([&] { D::silu_backward(out, zeros(4, 5), y); },
-          "silu_backward: dy is [4, 5], expected [4, 6]");
-  invalid([&] { D::swiglu_forward(out, y, zeros(4, 5)); },
-          "swiglu_forward: up is [4, 5], expected [4, 6]");
-  D::Tensor dgate, dup;
-  invalid([&] { D::swiglu_backward(dgate, dup, zeros(2, 6), y, y); },
-          "swiglu_backward: dh is [2, 6], expected [4, 6]");
-  const D::Indices rows(std::vector<std::int32_t>{0, 1});
-  invalid([&] { D::scatter_add_rows(y, zeros(2, 5), rows, 0); },
-          "moe scatter_add_rows: src has 5 columns but y has 6");
-  // The right shapes still work.
-  D::add_inplace(y, zeros(4, 6));
-  D::write_columns(y, 4, zeros(4, 2));
-  D::scatter_add_rows(y, zeros(2, 6), rows, 0);
+  const D::Tensor y = ablate_test::check_elementwise_shape_errors<D>(
+      [](Eigen::Index rows, Eigen::Index cols) -> D::Tensor { return D::Tensor::Zero(rows, cols); },
+      [](const std::vector<std::int32_t>& v) { return v; });
+  CHECK(y.isZero());
 }
