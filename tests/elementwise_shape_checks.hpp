@@ -14,7 +14,8 @@
 namespace ablate_test {
 
 template <class B, class Zeros, class MakeIndices>
-typename B::Tensor check_elementwise_shape_errors(const Zeros& zeros, const MakeIndices& make_indices) {
+typename B::Tensor check_elementwise_shape_errors(const Zeros& zeros,
+                                                  const MakeIndices& make_indices) {
   using Tensor = typename B::Tensor;
   const auto invalid = [](auto&& call, const char* text) {
     CHECK_THROWS_WITH_AS(call(), doctest::Contains(text), ablate::invalid_input);
