@@ -12,6 +12,7 @@
 #   bash examples/run-experiment1.sh --protocol seed --out results/exp1-seed
 #   bash examples/run-experiment1.sh --steps 300 --seeds 0, --save-models results/models
 #   bash examples/run-experiment1.sh --preset full --seeds 3
+#   bash examples/run-experiment1.sh --preset full --seeds 3 --resume   (after Ctrl-C or --stop-after)
 # Results (results.json, ranking table, PNG plots) go to results/exp1_ablation-<protocol>-<preset>
 # under the current folder (the program's own default) unless --out says otherwise.  Set
 # ABLATE_BUILD_DIR for another build folder.

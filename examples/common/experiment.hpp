@@ -29,6 +29,7 @@
 #include "models.hpp"
 #include "progress.hpp"
 #include "report.hpp"
+#include "resume.hpp"
 #include "saved_models.hpp"
 #include "settings.hpp"
 
@@ -234,16 +235,6 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
         throw std::runtime_error(std::string("cannot create the ") + what + " folder " +
                                  dir.string() + ": " + (ec ? ec.message() : "not a directory"));
     };
-    if (s.save_dir) {
-      make_folder(*s.save_dir, "--save-models");
-      std::printf("trained models go to %s\n", s.save_dir->string().c_str());
-    }
-    make_folder(s.out_dir, "--out");
-    for (const auto& m : results)
-      std::printf("  %-26s %9s params (%s active)  %s\n", m.spec->name.c_str(),
-                  short_count(m.params.total).c_str(), short_count(m.params.active).c_str(),
-                  m.spec->summary.c_str());
-    std::fflush(stdout);
 
     json doc;
     doc["program"] = prog;
@@ -283,9 +274,60 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
           {"adamw_weight_decay", train.optimizer.adamw.weight_decay},
           {"dropout", 0.1}}}};
     doc["data"] = data.info;
+    doc["models"] = models_json(results);
 
     namespace fs = std::filesystem;
     const fs::path results_file = s.out_dir / "results.json";
+    const fs::path checkpoint_file = s.out_dir / kCheckpointFile;
+    // --resume takes the finished runs of OUT's results.json; a fresh run refuses to overwrite
+    // an unfinished experiment that has something to lose.
+    std::optional<json> previous = read_results(results_file, s.resume);
+    if (previous && previous->at("complete").get<bool>()) {
+      if (s.resume)
+        throw std::runtime_error("--resume: " + results_file.string() +
+                                 " is a finished experiment; there is nothing to resume");
+      previous.reset();
+    }
+    std::optional<CheckpointRun> in_progress;
+    if (previous && fs::exists(checkpoint_file)) in_progress = checkpoint_run(checkpoint_file);
+    if (s.resume) {
+      if (!previous)
+        throw std::runtime_error("--resume: nothing to resume in " + s.out_dir.string() +
+                                 " (it has no results.json)");
+      check_resumable(*previous, doc, results_file);
+      try {
+        for (std::size_t i = 0; i < results.size(); ++i)
+          for (const json& run : previous->at("models").at(i).at("runs"))
+            results[i].runs.push_back(run_of(run));
+      } catch (const std::exception& e) {
+        throw std::runtime_error("cannot resume from " + results_file.string() +
+                                 ": a finished run does not read back: " + e.what());
+      }
+      doc["started_at"] = previous->value("started_at", json(nullptr));
+      doc["command_line"] = previous->value("command_line", json(nullptr));
+      doc["resumed"] = previous->value("resumed", json::array());
+      doc["resumed"].push_back({{"at", utc_now()}, {"command_line", s.command_line}});
+    } else if (previous && (finished_runs(*previous) > 0 || in_progress)) {
+      throw std::runtime_error(
+          s.out_dir.string() + " holds an unfinished experiment (" +
+          std::to_string(finished_runs(*previous)) + " finished run(s)" +
+          (in_progress ? ", " + in_progress->model + " seed " + std::to_string(in_progress->seed) +
+                             " stopped after batch " + std::to_string(in_progress->batch)
+                       : std::string()) +
+          "): add --resume to continue it, or remove the folder or choose another --out to start over");
+    }
+
+    if (s.save_dir) {
+      make_folder(*s.save_dir, "--save-models");
+      std::printf("trained models go to %s\n", s.save_dir->string().c_str());
+    }
+    make_folder(s.out_dir, "--out");
+    for (const auto& m : results)
+      std::printf("  %-26s %9s params (%s active)  %s\n", m.spec->name.c_str(),
+                  short_count(m.params.total).c_str(), short_count(m.params.active).c_str(),
+                  m.spec->summary.c_str());
+    std::fflush(stdout);
+
     auto save = [&](bool complete) {
       doc["complete"] = complete;
       doc["models"] = models_json(results);
@@ -314,30 +356,54 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
                             {saved::command_line, s.command_line},
                             {saved::vocabulary, data.vocabulary}};
     }
+    StopControl stop(s.stop_after);
+    plan.checkpoint = checkpoint_file;
+    plan.stop = &stop;
+    plan.checkpoint_interval_s = 60 * s.checkpoint_minutes;
 
     Progress progress;
     const std::size_t total_runs = s.seeds.size() * models.size();
     std::size_t run_index = 0;
-    for (const std::uint64_t seed : s.seeds) {
-      for (ModelResults& m : results) {
-        // Appended piece by piece: GCC 12 warns (-Wrestrict) about "literal" + std::string&&.
-        plan.label.assign(1, '[');
-        plan.label.append(std::to_string(++run_index)).append("/").append(std::to_string(total_runs));
-        plan.label.append("] ").append(m.spec->name).append(" seed ").append(std::to_string(seed));
-        if (s.save_dir) plan.save_metadata[saved::model] = m.spec->name;
-        RunResult r = m.spec->train(m.spec->config, plan, seed, progress);
-        char line[256];
-        std::snprintf(line, sizeof line,
-                      "%s: val loss %.4f, accuracy %.2f%%, perplexity %.2f; "
-                      "%s training (%.0f tok/s), %s eval",
-                      plan.label.c_str(), r.final.val_loss, 100 * r.final.val_accuracy,
-                      std::exp(r.final.val_loss), format_duration(r.train_time_s).c_str(), r.tokens_per_s,
-                      format_duration(r.eval_time_s).c_str());
-        progress.message(r.model_file.empty() ? std::string(line)
-                                              : std::string(line) + "; saved to " + r.model_file);
-        m.runs.push_back(std::move(r));
-        save(false);
+    save(false);
+    try {
+      for (const std::uint64_t seed : s.seeds) {
+        for (ModelResults& m : results) {
+          // Appended piece by piece: GCC 12 warns (-Wrestrict) about "literal" + std::string&&.
+          plan.label.assign(1, '[');
+          plan.label.append(std::to_string(++run_index)).append("/").append(std::to_string(total_runs));
+          plan.label.append("] ").append(m.spec->name).append(" seed ").append(std::to_string(seed));
+          if (std::any_of(m.runs.begin(), m.runs.end(), [&](const RunResult& r) { return r.seed == seed; }))
+            continue;  // finished before --resume
+          if (stop.requested())
+            throw run_stopped("stopped before " + plan.label + " (" + stop.reason() + ")", stop.exit_code());
+          plan.model = m.spec->name;
+          plan.resume = in_progress && in_progress->model == plan.model && in_progress->seed == seed;
+          if (plan.resume)
+            progress.message(plan.label + ": resumed after batch " + std::to_string(in_progress->batch));
+          if (s.save_dir) plan.save_metadata[saved::model] = m.spec->name;
+          RunResult r = m.spec->train(m.spec->config, plan, seed, progress);
+          char line[256];
+          std::snprintf(line, sizeof line,
+                        "%s: val loss %.4f, accuracy %.2f%%, perplexity %.2f; "
+                        "%s training (%.0f tok/s), %s eval",
+                        plan.label.c_str(), r.final.val_loss, 100 * r.final.val_accuracy,
+                        std::exp(r.final.val_loss), format_duration(r.train_time_s).c_str(),
+                        r.tokens_per_s, format_duration(r.eval_time_s).c_str());
+          progress.message(r.model_file.empty() ? std::string(line)
+                                                : std::string(line) + "; saved to " + r.model_file);
+          m.runs.push_back(std::move(r));
+          save(false);
+          fs::remove(checkpoint_file);  // the run is in results.json now
+          in_progress.reset();
+        }
       }
+    } catch (const run_stopped& e) {
+      save(false);
+      progress.message(std::string(e.what()) + "; the finished runs are in " + results_file.string() +
+                       (fs::exists(checkpoint_file) ? ", the run in progress in " + checkpoint_file.string()
+                                                    : std::string()) +
+                       "; the same command line with --resume continues");
+      return e.exit_code();
     }
     save(true);
 

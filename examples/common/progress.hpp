@@ -32,11 +32,13 @@ class Progress {
  public:
   Progress() : tty_(isatty(STDERR_FILENO) == 1) {}
 
-  // Starts a bar for `total` steps, e.g. label "[3/10] baseline seed 1".
-  void begin(std::string label, std::size_t total) {
+  // Starts a bar for `total` steps, e.g. label "[3/10] baseline seed 1", of which `done` are
+  // done already (a resumed run).
+  void begin(std::string label, std::size_t total, std::size_t done = 0) {
     label_ = std::move(label);
     total_ = std::max<std::size_t>(1, total);
-    last_decile_ = 0;
+    first_ = std::min(done, total_);
+    last_decile_ = first_ * 10 / total_;
     start_ = Clock::now();
     last_draw_ = start_ - std::chrono::seconds(1);
     drawn_ = false;
@@ -46,9 +48,9 @@ class Progress {
   void update(std::size_t done, double loss, double tokens_per_s) {
     const auto now = Clock::now();
     const double elapsed = std::chrono::duration<double>(now - start_).count();
-    const double eta = done > 0 ? elapsed / static_cast<double>(done) *
-                                      static_cast<double>(total_ - std::min(done, total_))
-                                : NAN;
+    const double eta = done > first_ ? elapsed / static_cast<double>(done - first_) *
+                                           static_cast<double>(total_ - std::min(done, total_))
+                                     : NAN;
     char stats[160];
     std::snprintf(stats, sizeof stats, "%zu/%zu  loss %.3f  %.0f tok/s  ETA %s", done, total_, loss,
                   tokens_per_s, format_duration(eta).c_str());
@@ -64,7 +66,7 @@ class Progress {
       drawn_ = true;
     } else {
       const std::size_t decile = done * 10 / total_;
-      if (decile > last_decile_ || done == 1) {
+      if (decile > last_decile_ || done == first_ + 1) {
         last_decile_ = std::max(decile, last_decile_);
         std::fprintf(stderr, "%s: %s (%zu%%)\n", label_.c_str(), stats, done * 100 / total_);
         std::fflush(stderr);
@@ -84,7 +86,7 @@ class Progress {
   using Clock = std::chrono::steady_clock;
   bool tty_;
   std::string label_;
-  std::size_t total_ = 1, last_decile_ = 0;
+  std::size_t total_ = 1, first_ = 0, last_decile_ = 0;
   Clock::time_point start_, last_draw_;
   bool drawn_ = false;
 };

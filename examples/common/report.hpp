@@ -19,10 +19,9 @@
 
 #include "models.hpp"
 #include "progress.hpp"
+#include "run_record.hpp"
 
 namespace examples {
-
-using json = nlohmann::ordered_json;
 
 struct ModelResults {
   const ModelSpec* spec = nullptr;
@@ -159,39 +158,11 @@ inline json model_config_json(const ablate::ModelConfig& c) {
               {"router_noise_std", c.router_noise_std}};
 }
 
-inline json num(double x) { return std::isfinite(x) ? json(x) : json(nullptr); }
-
-inline json point_json(const EvalPoint& p) {
-  return json{{"batch", p.batch},
-              {"optimizer_steps", p.optimizer_steps},
-              {"tokens_seen", p.tokens_seen},
-              {"train_time_s", p.train_time_s},
-              {"train_loss", num(p.train_loss)},
-              {"val_loss", num(p.val_loss)},
-              {"val_accuracy", num(p.val_accuracy)},
-              {"val_perplexity", num(std::exp(p.val_loss))},
-              {"val_tokens", p.val_tokens},
-              {"all_validation", p.all_validation}};
-}
-
 inline json models_json(const std::vector<ModelResults>& results) {
   json models = json::array();
   for (const ModelResults& m : results) {
     json runs = json::array();
-    for (const RunResult& r : m.runs) {
-      json curve = json::array();
-      for (const EvalPoint& p : r.curve) curve.push_back(point_json(p));
-      json run{{"seed", r.seed},
-               {"val_loss", num(r.final.val_loss)},
-               {"val_accuracy", num(r.final.val_accuracy)},
-               {"val_perplexity", num(std::exp(r.final.val_loss))},
-               {"train_time_s", r.train_time_s},
-               {"eval_time_s", r.eval_time_s},
-               {"tokens_per_s", r.tokens_per_s}};
-      if (!r.model_file.empty()) run["model_file"] = r.model_file;
-      run["curve"] = curve;
-      runs.push_back(std::move(run));
-    }
+    for (const RunResult& r : m.runs) runs.push_back(run_json(r));
     models.push_back(json{{"name", m.spec->name},
                           {"summary", m.spec->summary},
                           {"architecture", m.spec->architecture},

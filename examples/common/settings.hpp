@@ -95,6 +95,9 @@ struct Settings {
   ablate::InitScheme init = ablate::InitScheme::Normal;
   std::optional<fs::path> save_dir;       // --save-models: one file per model and seed
   std::optional<fs::path> evaluate_file;  // --evaluate: evaluate this saved model and exit
+  bool resume = false;                    // --resume: continue the experiment in out_dir
+  std::optional<std::size_t> stop_after;  // --stop-after: training batches in this invocation
+  double checkpoint_minutes = 10;         // --checkpoint-every (0: only when stopped)
   std::string command_line;
 };
 
@@ -215,6 +218,22 @@ class CommandLine {
                     "evaluate a saved model on the validation set and exit; --models NAME names "
                     "its architecture, the data flags its data")
         ->type_name("FILE");
+    app_.add_flag("--resume", resume_,
+                  "continue the stopped or interrupted experiment in --out: its finished runs are "
+                  "kept, the run in progress continues from its checkpoint, with the same figures "
+                  "as a run that never stopped; give the command line that started it");
+    app_.add_option("--stop-after", stop_after_,
+                    "stop after this many training batches (of all runs) and exit with status 75, "
+                    "leaving a checkpoint for --resume; Ctrl-C (SIGINT) or SIGTERM stop the same "
+                    "way after the batch in progress")
+        ->type_name("BATCHES")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{100000000}));
+    app_.add_option("--checkpoint-every", checkpoint_minutes_,
+                    "minutes between checkpoints of the run in progress, for --resume after a "
+                    "crash (0: only when stopped)")
+        ->type_name("MINUTES")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 1.0e6));
     app_.add_flag("--params", params_, "print 'name parameter_count' per model and exit");
     app_.add_flag("--tiny", tiny_, "a tiny model for smoke tests (d 32, 2 heads, 1 layer, seq 16, batch 4)");
     // Every size flag has a range: the parser would otherwise wrap "-1" to 2^64 - 1.
@@ -321,7 +340,7 @@ class CommandLine {
         throw usage_error("--evaluate FILE needs --models NAME: the one model (architecture) the "
                           "file holds");
       for (const char* flag : {"--out", "--steps", "--seeds", "--init", "--eval-every",
-                               "--eval-windows"})
+                               "--eval-windows", "--resume", "--stop-after", "--checkpoint-every"})
         if (app_.count(flag) > 0)
           throw usage_error(std::string("--evaluate trains nothing and writes no results, so ") +
                             flag + " does not apply");
@@ -331,6 +350,13 @@ class CommandLine {
       if (params_) throw usage_error("--params trains nothing, so --save-models has nothing to save");
       s.save_dir = fs::path(save_models_);
     }
+    if (params_)
+      for (const char* flag : {"--resume", "--stop-after", "--checkpoint-every"})
+        if (app_.count(flag) > 0)
+          throw usage_error(std::string("--params trains nothing, so ") + flag + " does not apply");
+    s.resume = resume_;
+    if (app_.count("--stop-after") > 0) s.stop_after = stop_after_;
+    s.checkpoint_minutes = checkpoint_minutes_;
     if (params_) {
       if (!vocab_.empty()) {
         const auto v = detail::parse_uint(vocab_);
@@ -361,7 +387,9 @@ class CommandLine {
   std::string data_ = ".cache/ablate-data";
   std::vector<std::string> texts_;
   std::string encoder_, vocab_, out_, save_models_, evaluate_;
-  bool params_ = false, tiny_ = false;
+  bool params_ = false, tiny_ = false, resume_ = false;
+  std::size_t stop_after_ = 0;
+  double checkpoint_minutes_ = 10;
   std::size_t hidden_ = 0, heads_ = 0, layers_ = 0, seq_ = 0, batch_ = 0;
   std::size_t eval_every_ = 0, eval_windows_ = 0, compact_vocab_ = 0, threads_ = 0;
   std::uint64_t split_seed_ = 0;

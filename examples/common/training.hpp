@@ -20,32 +20,11 @@
 
 #include "backend.hpp"
 #include "progress.hpp"
+#include "resume.hpp"
+#include "run_record.hpp"
 #include "saved_models.hpp"
 
 namespace examples {
-
-// One evaluation.
-struct EvalPoint {
-  std::size_t batch = 0;            // training batches done
-  std::size_t optimizer_steps = 0;
-  std::size_t tokens_seen = 0;      // training tokens so far
-  double train_time_s = 0;          // wall time of the training steps so far (evaluations excluded)
-  double train_loss = NAN;          // mean CE of the training batches since the previous point
-  double val_loss = NAN;            // mean token cross-entropy
-  double val_accuracy = NAN;        // argmax == target
-  std::size_t val_tokens = 0;       // tokens the two figures average over
-  bool all_validation = false;      // the whole validation set (else a fixed subset)
-};
-
-struct RunResult {
-  std::uint64_t seed = 0;
-  std::vector<EvalPoint> curve;     // every evaluation, the last one included
-  EvalPoint final;                  // = curve.back()
-  double train_time_s = 0;          // training steps only
-  double eval_time_s = 0;
-  double tokens_per_s = 0;          // training throughput
-  std::string model_file;           // where the trained model was saved ("" if it was not)
-};
 
 // What every run of an experiment shares.
 struct RunPlan {
@@ -59,8 +38,15 @@ struct RunPlan {
   std::vector<std::size_t> eval_during;  // validation windows of the evaluations before the last
   std::vector<std::size_t> eval_final;   // validation windows of the last evaluation
   std::string label;                     // progress-bar prefix, e.g. "[2/15] mlp_512d seed 1"
+  std::string model;                     // the model's name in the experiment
   std::filesystem::path save_dir;        // save the trained model here (empty: do not save)
   std::map<std::string, std::string> save_metadata;  // example.* keys of the saved file
+  // Checkpoints (resume.hpp): written to `checkpoint` when `stop` asks the run to stop and
+  // every checkpoint_interval_s seconds of the run (0: only when it stops).
+  std::filesystem::path checkpoint;      // empty: no checkpoints, and `stop` is not asked
+  StopControl* stop = nullptr;
+  double checkpoint_interval_s = 0;
+  bool resume = false;                   // continue the run saved in `checkpoint`
 };
 
 namespace detail {
@@ -100,7 +86,9 @@ void evaluate(Model& model, const ablate::data::WindowSet& set, const std::vecto
 }  // namespace detail
 
 // Trains a fresh Model<Arch, B> with `seed` (initialisation, dropout and the order of the training
-// batches all follow it) and evaluates every plan.eval_every batches and at the end.
+// batches all follow it), or with plan.resume the one saved in plan.checkpoint, and evaluates
+// every plan.eval_every batches and at the end.  Throws run_stopped, after writing the
+// checkpoint, when plan.stop asks it to stop before its last batch.
 template <class Arch, class B>
 RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::uint64_t seed,
                     Progress& progress) {
@@ -111,14 +99,20 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
   ablate::data::BatchSampler sampler(plan.splits->train, plan.batch, seed);
   const std::size_t tokens_per_batch = plan.batch * plan.splits->train.seq();
 
-  RunResult result;
-  result.seed = seed;
+  RunProgress at;
+  if (plan.resume) {
+    at = load_run_checkpoint(plan.checkpoint, model, trainer, plan.model, seed);
+    sampler.seek(at.batch);
+  }
+  auto last_checkpoint = Clock::now();
+  auto save_checkpoint = [&] {
+    ablate::io::save_checkpoint(plan.checkpoint, model, trainer,
+                                progress_metadata(plan.model, seed, at));
+    last_checkpoint = Clock::now();
+  };
   ablate::Tokens inputs, targets;
-  double loss_sum = 0;
-  std::size_t loss_count = 0;
-  double recent_loss = NAN;
-  progress.begin(plan.label, plan.steps);
-  for (std::size_t b = 1; b <= plan.steps; ++b) {
+  progress.begin(plan.label, plan.steps, at.batch);
+  for (std::size_t b = at.batch + 1; b <= plan.steps; ++b) {
     const bool last = b == plan.steps, evaluate = b % plan.eval_every == 0 || last;
     const auto t0 = Clock::now();
     detail::to_tokens(inputs, targets, sampler.next());
@@ -126,12 +120,14 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
     // A device backend may still be running the step's backward: the next step's loss read-back
     // waits for it, so only the time before an evaluation needs the wait.
     if (evaluate) B::synchronize();
-    result.train_time_s += std::chrono::duration<double>(Clock::now() - t0).count();
-    loss_sum += step.stats.loss;
-    ++loss_count;
-    recent_loss = std::isfinite(recent_loss) ? 0.9 * recent_loss + 0.1 * step.stats.loss : step.stats.loss;
-    progress.update(b, recent_loss,
-                    static_cast<double>(b * tokens_per_batch) / std::max(1e-9, result.train_time_s));
+    at.batch = b;
+    at.train_time_s += std::chrono::duration<double>(Clock::now() - t0).count();
+    at.loss_sum += step.stats.loss;
+    ++at.loss_count;
+    at.recent_loss = std::isfinite(at.recent_loss) ? 0.9 * at.recent_loss + 0.1 * step.stats.loss
+                                                   : step.stats.loss;
+    progress.update(b, at.recent_loss,
+                    static_cast<double>(b * tokens_per_batch) / std::max(1e-9, at.train_time_s));
 
     if (evaluate) {
       const auto e0 = Clock::now();
@@ -139,22 +135,40 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
       point.batch = b;
       point.optimizer_steps = trainer.optimizer_steps();
       point.tokens_seen = b * tokens_per_batch;
-      point.train_time_s = result.train_time_s;
-      point.train_loss = loss_sum / static_cast<double>(loss_count);
+      point.train_time_s = at.train_time_s;
+      point.train_loss = at.loss_sum / static_cast<double>(at.loss_count);
       const auto& windows = last ? plan.eval_final : plan.eval_during;
       point.all_validation = windows.size() == plan.splits->validation.size();
       detail::evaluate(model, plan.splits->validation, windows, plan.batch, point);
-      result.curve.push_back(point);
-      loss_sum = 0;
-      loss_count = 0;
-      result.eval_time_s += std::chrono::duration<double>(Clock::now() - e0).count();
+      at.curve.push_back(point);
+      at.loss_sum = 0;
+      at.loss_count = 0;
+      at.eval_time_s += std::chrono::duration<double>(Clock::now() - e0).count();
     }
+    if (plan.checkpoint.empty() || last) continue;
+    plan.stop->count_batch();
+    if (plan.stop->requested()) {
+      save_checkpoint();
+      throw run_stopped(plan.label + ": stopped after batch " + std::to_string(b) + " of " +
+                            std::to_string(plan.steps) + " (" + plan.stop->reason() + ")",
+                        plan.stop->exit_code());
+    }
+    if (plan.checkpoint_interval_s > 0 &&
+        std::chrono::duration<double>(Clock::now() - last_checkpoint).count() >= plan.checkpoint_interval_s)
+      save_checkpoint();
   }
+  if (!plan.checkpoint.empty()) plan.stop->count_batch();  // the last batch
+
+  RunResult result;
+  result.seed = seed;
+  result.curve = std::move(at.curve);
   result.final = result.curve.back();
+  result.train_time_s = at.train_time_s;
+  result.eval_time_s = at.eval_time_s;
   result.tokens_per_s =
       static_cast<double>(plan.steps * tokens_per_batch) / std::max(1e-9, result.train_time_s);
   if (!plan.save_dir.empty()) {
-    const auto file = saved_model_path(plan.save_dir, plan.save_metadata.at(saved::model), seed);
+    const auto file = saved_model_path(plan.save_dir, plan.model, seed);
     save_trained_model(model, file, plan.save_metadata, seed, result.final.val_loss,
                        result.final.val_accuracy, result.final.val_tokens);
     result.model_file = file.string();

@@ -4,6 +4,9 @@
 #   DIR/text/story1.txt, story2.txt              the same kind of text as plain files
 #   DIR/bad/empty.txt, DIR/bad/encoder.json      an empty text and a corrupt encoder.json
 #   DIR/bad/model.safetensors                    a corrupt saved model (text, not safetensors)
+#   DIR/bad/stopped-corrupt-checkpoint/          an unfinished experiment whose checkpoint is
+#                                                corrupt, and DIR/bad/stopped-corrupt-results/
+#                                                one whose results.json is not JSON
 # The sentences come from a small grammar driven by a fixed linear congruential generator, so
 # every run writes the same bytes.  Only lowercase letters, spaces, '.' and newlines occur:
 # symbols the tiny encoder.json has.
@@ -68,3 +71,6 @@ file(WRITE "${DIR}/text/story2.txt" "${story2}")
 file(WRITE "${DIR}/bad/empty.txt" "")
 file(WRITE "${DIR}/bad/encoder.json" "{\"a\": 0, \"b\": oops")
 file(WRITE "${DIR}/bad/model.safetensors" "this is not a safetensors file\n")
+file(WRITE "${DIR}/bad/stopped-corrupt-checkpoint/results.json" "{\"complete\": false, \"models\": []}\n")
+file(WRITE "${DIR}/bad/stopped-corrupt-checkpoint/checkpoint.safetensors" "not a checkpoint\n")
+file(WRITE "${DIR}/bad/stopped-corrupt-results/results.json" "{\"complete\": false, \"models\": [")

@@ -1,9 +1,9 @@
 # Runs one example program for CTest and checks what it did.
 #
-#   cmake -DMODE=<train|fail|params|evaluate> -DPROGRAM=<exe> -DARGS=<a|b|...> [-DOUT=<dir>]
-#         [-DEXPECT=<regex|regex...>] [-DMODELS=<name|name...>] [-DSEEDS=<n>] [-DPROTOCOL=<p>]
-#         [-DFILES=<path|path...>] [-DBACKEND=<cpu|cuda>] [-DGNUPLOT=<path or empty>]
-#         -P run-example.cmake
+#   cmake -DMODE=<train|resume|stopped|fail|params|evaluate> -DPROGRAM=<exe> -DARGS=<a|b|...>
+#         [-DOUT=<dir>] [-DEXPECT=<regex|regex...>] [-DMODELS=<name|name...>] [-DSEEDS=<n>]
+#         [-DPROTOCOL=<p>] [-DFILES=<path|path...>] [-DBACKEND=<cpu|cuda>] [-DSTOPS=<n|n...>]
+#         [-DGNUPLOT=<path or empty>] -P run-example.cmake
 #
 #   train     exit 0; OUT/results.json parses and holds, for each of MODELS in order, SEEDS runs
 #             with finite validation figures and a curve; curves.dat and plot.gp exist, and the
@@ -11,6 +11,12 @@
 #             their folders hold nothing else (no temporary files left behind); when FILES are
 #             given, every run of results.json names one of them as its model_file.
 #             results.json's backend is BACKEND (default cpu).
+#   resume    the run of train mode, made in pieces: with --stop-after N for each N of STOPS
+#             (each exits 75 and leaves an unfinished results.json), then --resume to the end;
+#             then the train checks, and every run's figures and curve (times aside) must equal
+#             those of the same run made without stopping, in OUT-whole.
+#   stopped   with --stop-after (in ARGS): exit 75, an unfinished results.json and a
+#             checkpoint in OUT (a fixture for tests of --resume).
 #   fail      exit status not 0, stderr matches every EXPECT regex, and OUT was never created.
 #   params    exit 0 and every EXPECT regex matches a whole line of stdout.
 #   evaluate  exit 0, stdout matches every EXPECT regex, and its "val loss X, accuracy Y%"
@@ -25,17 +31,58 @@ string(REPLACE "|" ";" args "${ARGS}")
 string(REPLACE "|" ";" expect "${EXPECT}")
 string(REPLACE "|" ";" models "${MODELS}")
 string(REPLACE "|" ";" files "${FILES}")
+string(REPLACE "|" ";" stops "${STOPS}")
+
+function(fail_test what)
+  message(FATAL_ERROR "${what}\n--- exit status: ${rc}\n--- stdout:\n${stdout}\n--- stderr:\n${stderr}")
+endfunction()
+
+# Exit status 75 and an unfinished results.json: a run stopped by --stop-after.
+function(require_stopped)
+  if(NOT rc EQUAL 75)
+    fail_test("expected exit status 75 (stopped by --stop-after)")
+  endif()
+  if(NOT stderr MATCHES "stopped (after batch [0-9]+ of [0-9]+|before .*) \\(--stop-after\\)")
+    fail_test("stderr does not say where the run stopped")
+  endif()
+  file(READ "${OUT}/results.json" json)
+  string(JSON complete GET "${json}" complete)
+  if(complete)
+    fail_test("results.json of a stopped run says complete: ${complete}")
+  endif()
+endfunction()
 
 if(OUT)
-  file(REMOVE_RECURSE "${OUT}")
+  file(REMOVE_RECURSE "${OUT}" "${OUT}-whole")
+endif()
+if(MODE STREQUAL "resume")
+  execute_process(COMMAND "${PROGRAM}" ${args} --out "${OUT}-whole"
+    RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
+  if(NOT rc EQUAL 0)
+    fail_test("the run without stops: expected exit status 0")
+  endif()
+  set(resume "")
+  foreach(stop IN LISTS stops)
+    execute_process(COMMAND "${PROGRAM}" ${args} --out "${OUT}" ${resume} --stop-after ${stop}
+      RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
+    require_stopped()
+    set(resume --resume)
+  endforeach()
+  list(APPEND args --resume)
+endif()
+if(OUT)
   list(APPEND args --out "${OUT}")
 endif()
 execute_process(COMMAND "${PROGRAM}" ${args}
   RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
 
-function(fail_test what)
-  message(FATAL_ERROR "${what}\n--- exit status: ${rc}\n--- stdout:\n${stdout}\n--- stderr:\n${stderr}")
-endfunction()
+if(MODE STREQUAL "stopped")
+  require_stopped()
+  if(NOT EXISTS "${OUT}/checkpoint.safetensors")
+    fail_test("the stopped run left no checkpoint")
+  endif()
+  return()
+endif()
 
 # JSON value at a path, or a test failure naming the path.
 function(json_get out json)
@@ -106,8 +153,11 @@ if(MODE STREQUAL "evaluate")
   return()
 endif()
 
-if(NOT MODE STREQUAL "train")
+if(NOT MODE STREQUAL "train" AND NOT MODE STREQUAL "resume")
   message(FATAL_ERROR "run-example.cmake: unknown MODE '${MODE}'")
+endif()
+if(MODE STREQUAL "resume" AND EXISTS "${OUT}/checkpoint.safetensors")
+  fail_test("the finished experiment left its checkpoint behind")
 endif()
 
 # Files the run must leave (saved models), alone in their folders.
@@ -232,3 +282,22 @@ foreach(i RANGE ${last_model})
     endif()
   endforeach()
 endforeach()
+
+# A resumed experiment: the same figures as without stops, to the digit.
+if(MODE STREQUAL "resume")
+  file(READ "${OUT}-whole/results.json" whole)
+  foreach(i RANGE ${last_model})
+    json_get(name "${json}" models ${i} name)
+    foreach(r RANGE ${last_run})
+      foreach(doc IN ITEMS json whole)
+        string(JSON run_${doc} GET "${${doc}}" models ${i} runs ${r})
+        # Times differ between the two; everything else must not.
+        string(REGEX REPLACE "\"(train_time_s|eval_time_s|tokens_per_s)\" : [^,}]*" ""
+               run_${doc} "${run_${doc}}")
+      endforeach()
+      if(NOT run_json STREQUAL run_whole)
+        fail_test("${name} run ${r} differs from the run without stops:\n${run_json}\n--- vs\n${run_whole}")
+      endif()
+    endforeach()
+  endforeach()
+endif()

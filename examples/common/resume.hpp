@@ -1,0 +1,276 @@
+// Stopping and resuming an experiment (--stop-after, Ctrl-C, --resume).
+//
+// An experiment is a sequence of runs (model x seed).  results.json in the --out folder holds
+// every finished run, rewritten after each one; OUT/checkpoint.safetensors holds the run in
+// progress: an ablate training checkpoint (weights, optimizer moments, trainer counters, the
+// dropout stream) plus what the run had measured (example.run.* metadata, below).  It is
+// written when the run is asked to stop (SIGINT, SIGTERM, --stop-after) and every
+// --checkpoint-every minutes, and removed when the run finishes.  --resume reloads the
+// finished runs from results.json, continues the run in progress from the checkpoint and runs
+// the rest: the figures equal those of an uninterrupted run to the last bit (the times do not).
+#pragma once
+
+#include <charconv>
+#include <cmath>
+#include <csignal>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include <ablate/data/file_io.hpp>
+#include <ablate/io/checkpoint.hpp>
+
+#include "run_record.hpp"
+#include "saved_models.hpp"
+
+namespace examples {
+
+inline constexpr const char* kCheckpointFile = "checkpoint.safetensors";
+
+// Exit statuses of a run that stopped on request: --stop-after (try again later, as
+// sysexits' EX_TEMPFAIL) and a signal (128 + its number, as a shell reports it).
+inline constexpr int kStoppedExitCode = 75;
+
+namespace run_meta {
+inline constexpr const char* model = "example.run.model";
+inline constexpr const char* seed = "example.run.seed";
+inline constexpr const char* batch = "example.run.batch";
+inline constexpr const char* curve = "example.run.curve";
+inline constexpr const char* train_time_s = "example.run.train_time_s";
+inline constexpr const char* eval_time_s = "example.run.eval_time_s";
+inline constexpr const char* loss_sum = "example.run.loss_sum";
+inline constexpr const char* loss_count = "example.run.loss_count";
+inline constexpr const char* recent_loss = "example.run.recent_loss";
+}  // namespace run_meta
+
+// Where a run stands between two batches: what its checkpoint holds beside the trainer's state.
+struct RunProgress {
+  std::size_t batch = 0;         // training batches done
+  std::vector<EvalPoint> curve;  // evaluations so far
+  double train_time_s = 0, eval_time_s = 0;
+  double loss_sum = 0;           // training losses since the last evaluation
+  std::size_t loss_count = 0;
+  double recent_loss = NAN;      // the progress bar's moving average
+};
+
+// Thrown by a run (after it wrote its checkpoint) or between runs, when asked to stop.
+class run_stopped : public std::runtime_error {
+ public:
+  run_stopped(const std::string& what, int exit_code)
+      : std::runtime_error(what), exit_code_(exit_code) {}
+  int exit_code() const { return exit_code_; }
+
+ private:
+  int exit_code_;
+};
+
+namespace detail {
+inline volatile std::sig_atomic_t stop_signal = 0;
+
+inline void on_stop_signal(int sig) {
+  stop_signal = sig;
+  // Async-signal-safe: write(2), not stdio.  The handler was installed with SA_RESETHAND, so a
+  // second signal ends the program at once.
+  constexpr char note[] = "\nstopping after this batch (a second signal stops at once)\n";
+  [[maybe_unused]] const auto n = ::write(STDERR_FILENO, note, sizeof note - 1);
+}
+}  // namespace detail
+
+// Asks the runs to stop between two batches: after SIGINT or SIGTERM, or once `budget`
+// training batches (--stop-after) have run in this invocation.  Installs the signal handlers
+// for its lifetime.
+class StopControl {
+ public:
+  explicit StopControl(std::optional<std::size_t> budget) : budget_(budget) {
+    detail::stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = &detail::on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND;
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~StopControl() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  StopControl(const StopControl&) = delete;
+  StopControl& operator=(const StopControl&) = delete;
+
+  void count_batch() {
+    if (budget_ && *budget_ > 0) --*budget_;
+  }
+  bool requested() const { return detail::stop_signal != 0 || (budget_ && *budget_ == 0); }
+  int exit_code() const {
+    return detail::stop_signal != 0 ? 128 + detail::stop_signal : kStoppedExitCode;
+  }
+  std::string reason() const {
+    if (detail::stop_signal == SIGINT) return "SIGINT";
+    if (detail::stop_signal == SIGTERM) return "SIGTERM";
+    return "--stop-after";
+  }
+
+ private:
+  std::optional<std::size_t> budget_;
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
+// The run named in a checkpoint's metadata.
+struct CheckpointRun {
+  std::string model;
+  std::uint64_t seed = 0;
+  std::size_t batch = 0;
+};
+
+inline std::map<std::string, std::string> progress_metadata(const std::string& model,
+                                                             std::uint64_t seed,
+                                                             const RunProgress& at) {
+  return {{run_meta::model, model},
+          {run_meta::seed, std::to_string(seed)},
+          {run_meta::batch, std::to_string(at.batch)},
+          {run_meta::curve, curve_json(at.curve).dump()},
+          {run_meta::train_time_s, exact_number(at.train_time_s)},
+          {run_meta::eval_time_s, exact_number(at.eval_time_s)},
+          {run_meta::loss_sum, exact_number(at.loss_sum)},
+          {run_meta::loss_count, std::to_string(at.loss_count)},
+          {run_meta::recent_loss, exact_number(at.recent_loss)}};
+}
+
+namespace detail {
+
+inline const std::string& run_value(const ablate::io::SafetensorsReader& r, const char* key) {
+  const std::string* v = r.metadata_value(key);
+  if (v == nullptr)
+    throw std::runtime_error(r.source() + ": not a checkpoint of an example run (no " + key + ")");
+  return *v;
+}
+
+inline double run_number(const ablate::io::SafetensorsReader& r, const char* key) {
+  const std::string& text = run_value(r, key);
+  if (text == "nan" || text == "-nan") return NAN;
+  double v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size())
+    throw std::runtime_error(r.source() + ": " + key + " is not a number: '" + text + "'");
+  return v;
+}
+
+inline std::size_t run_count(const ablate::io::SafetensorsReader& r, const char* key) {
+  const double v = run_number(r, key);
+  if (!(v >= 0 && v <= 9.0e15) || v != std::floor(v))
+    throw std::runtime_error(r.source() + ": " + key + " is not a count: '" + run_value(r, key) + "'");
+  return static_cast<std::size_t>(v);
+}
+
+}  // namespace detail
+
+// Which run `file` is a checkpoint of; throws for a file that is not one.
+inline CheckpointRun checkpoint_run(const std::filesystem::path& file) {
+  const auto r = ablate::io::SafetensorsReader::open(file);
+  CheckpointRun run;
+  run.model = detail::run_value(r, run_meta::model);
+  run.seed = detail::run_count(r, run_meta::seed);
+  run.batch = detail::run_count(r, run_meta::batch);
+  return run;
+}
+
+// Restores model, trainer and the run's measurements from the checkpoint of (model, seed).
+template <class Model, class Trainer>
+RunProgress load_run_checkpoint(const std::filesystem::path& file, Model& model, Trainer& trainer,
+                                const std::string& model_name, std::uint64_t seed) {
+  const auto r = ablate::io::SafetensorsReader::open(file);
+  const CheckpointRun run = checkpoint_run(file);
+  if (run.model != model_name || run.seed != seed)
+    throw std::runtime_error(file.string() + " holds " + run.model + " seed " +
+                             std::to_string(run.seed) + ", not " + model_name + " seed " +
+                             std::to_string(seed));
+  RunProgress at;
+  at.batch = run.batch;
+  try {
+    at.curve = curve_of(json::parse(detail::run_value(r, run_meta::curve)));
+  } catch (const json::exception& e) {
+    throw std::runtime_error(file.string() + ": " + run_meta::curve + " is not a curve: " + e.what());
+  }
+  at.train_time_s = detail::run_number(r, run_meta::train_time_s);
+  at.eval_time_s = detail::run_number(r, run_meta::eval_time_s);
+  at.loss_sum = detail::run_number(r, run_meta::loss_sum);
+  at.loss_count = detail::run_count(r, run_meta::loss_count);
+  at.recent_loss = detail::run_number(r, run_meta::recent_loss);
+  ablate::io::load_checkpoint(file, model, trainer);
+  if (trainer.batches() != at.batch)
+    throw std::runtime_error(file.string() + ": the trainer has run " +
+                             std::to_string(trainer.batches()) + " batches, the run says " +
+                             std::to_string(at.batch));
+  return at;
+}
+
+// OUT/results.json, or nullopt where there is none.  A file that does not parse is an error
+// when it is needed (`required`, for --resume) and is otherwise taken as absent.
+inline std::optional<json> read_results(const std::filesystem::path& file, bool required) {
+  if (!std::filesystem::exists(file)) return std::nullopt;
+  try {
+    json doc = json::parse(ablate::data::read_file(file));
+    if (!doc.is_object() || !doc.contains("complete") || !doc.at("complete").is_boolean())
+      throw std::runtime_error("not the results.json of an experiment program");
+    return doc;
+  } catch (const std::exception& e) {
+    if (!required) return std::nullopt;
+    throw std::runtime_error("cannot resume from " + file.string() + ": " + e.what());
+  }
+}
+
+inline std::size_t finished_runs(const json& results) {
+  std::size_t n = 0;
+  for (const json& m : results.value("models", json::array())) n += m.value("runs", json::array()).size();
+  return n;
+}
+
+// Throws unless results.json of an unfinished experiment (`previous`) was written by the same
+// experiment as `current` (the document this command line starts): same program, library
+// version, protocol, preset, backend, threads, sizes, schedule, seeds, data and models.
+inline void check_resumable(const json& previous, const json& current, const std::filesystem::path& file) {
+  auto differs = [&](const std::string& what, const json& was, const json& now) {
+    std::string a = was.dump(), b = now.dump();
+    if (a.size() > 200) a = a.substr(0, 200) + "...";
+    if (b.size() > 200) b = b.substr(0, 200) + "...";
+    throw std::runtime_error("cannot resume " + file.string() + ": it was started with another " +
+                             what + " (" + a + ", this command line: " + b +
+                             "); resume with the command line that started it (" +
+                             previous.value("command_line", std::string("?")) + ")");
+  };
+  auto compare = [&](const std::string& what, const json& was, const json& now) {
+    if (was == now) return;
+    if (was.is_object() && now.is_object()) {
+      for (const auto& [key, value] : now.items())
+        if (!was.contains(key) || was.at(key) != value)
+          differs(what + "." + key, was.contains(key) ? was.at(key) : json(nullptr), value);
+      for (const auto& [key, value] : was.items())
+        if (!now.contains(key)) differs(what + "." + key, value, json(nullptr));
+    }
+    differs(what, was, now);
+  };
+  for (const char* key : {"program", "ablate_version", "protocol", "preset", "backend", "config", "data"})
+    compare(key, previous.value(key, json(nullptr)), current.at(key));
+  compare("thread count", previous.value("machine", json::object()).value("threads_used", json(nullptr)),
+          current.at("machine").at("threads_used"));
+  const json& was = previous.value("models", json::array());
+  const json& now = current.at("models");
+  json was_names = json::array(), now_names = json::array();
+  for (const json& m : was) was_names.push_back(m.value("name", ""));
+  for (const json& m : now) now_names.push_back(m.at("name"));
+  compare("list of models", was_names, now_names);
+  for (std::size_t i = 0; i < now.size(); ++i) {
+    const std::string name = now[i].at("name").get<std::string>();
+    compare(name + " architecture", was[i].value("architecture", json(nullptr)), now[i].at("architecture"));
+    compare(name + " config", was[i].value("config", json(nullptr)), now[i].at("config"));
+  }
+}
+
+}  // namespace examples
