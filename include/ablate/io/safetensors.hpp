@@ -904,9 +904,16 @@ class SafetensorsReader {
   template <class T>
   std::vector<T> read(std::string_view name) const {
     const TensorInfo& info = at(name);
-    std::vector<T> out(info.numel());
-    read(info, std::span<T>(out));
-    return out;
+    if constexpr (std::is_same_v<T, bool>) {
+      // std::vector<bool> packs its bits, so there is no span over it: decode into bools first.
+      const auto flags = std::make_unique<bool[]>(info.numel());
+      read(info, std::span<bool>(flags.get(), info.numel()));
+      return std::vector<bool>(flags.get(), flags.get() + info.numel());
+    } else {
+      std::vector<T> out(info.numel());
+      read(info, std::span<T>(out));
+      return out;
+    }
   }
 
  private:
@@ -965,7 +972,14 @@ class SafetensorsWriter {
   template <class T>
   void add(std::string name, Dtype dtype, std::vector<std::size_t> shape,
            const std::vector<T>& values) {
-    add(std::move(name), dtype, std::move(shape), std::span<const T>(values));
+    if constexpr (std::is_same_v<T, bool>) {
+      // std::vector<bool> packs its bits, so there is no span over it: unpack into bools first.
+      const auto flags = std::make_unique<bool[]>(values.size());
+      std::copy(values.begin(), values.end(), flags.get());
+      add(std::move(name), dtype, std::move(shape), std::span<const bool>(flags.get(), values.size()));
+    } else {
+      add(std::move(name), dtype, std::move(shape), std::span<const T>(values));
+    }
   }
 
   // Adds a tensor whose numel(shape) values are read from `values` when the file is written:
