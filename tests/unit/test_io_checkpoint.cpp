@@ -217,4 +217,28 @@ TEST_CASE("checkpoint: mismatched models, trainers and files are refused") {
     CHECK(other.parameters().at("norm.weight").value == before);
     CHECK(other_trainer.batches() == 0);
   }
+  SUBCASE("step counts that no run makes") {
+    // The saved file with one metadata value replaced.
+    auto with_count = [&](const char* key, const std::string& value) {
+      const auto r = io::SafetensorsReader::open(path);
+      io::SafetensorsWriter w;
+      for (const auto& [k, v] : r.metadata()) w.set_metadata(k, k == key ? value : v);
+      for (const auto& info : r.tensors()) w.add_raw(info.name, info.dtype, info.shape, r.read_bytes(info));
+      const auto edited = dir / "edited.safetensors";
+      w.write(edited);
+      return edited;
+    };
+    M other(cfg, 1);
+    Trainer<M> other_trainer(other, tcfg);
+    auto refused = [&](const char* key, const std::string& value, const char* message) {
+      CHECK_THROWS_WITH_AS(io::load_checkpoint(with_count(key, value), other, other_trainer),
+                           doctest::Contains(message), invalid_input);
+      CHECK(other_trainer.batches() == 0);
+    };
+    refused("ablate.trainer.optimizer_steps", "2",
+            "2 optimizer steps after 2 batches of 2-batch gradient accumulation, which make 1");
+    refused("ablate.trainer.batches", "18446744073709551614", "a step count exceeds 2^53");
+    refused("ablate.adamw.steps", "9223372036854775807", "a step count exceeds 2^53");
+    refused("ablate.muon.steps", "2", "more AdamW (1) or Muon (2) steps than optimizer steps (1)");
+  }
 }

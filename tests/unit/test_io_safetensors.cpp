@@ -3,6 +3,8 @@
 // problem.
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -244,11 +246,21 @@ TEST_CASE("safetensors: BF16 and F16 round to nearest, ties to even") {
     if (to_f16_bits(f) != expected) FAIL("float pattern ", b, " rounds to F16 wrongly");
   }
 #endif
-  // The writer uses the same rounding.
+  const double inf = std::numeric_limits<double>::infinity();
+  // The writer uses the same rounding, but refuses a finite value that would become infinite
+  // (an infinity itself stays one).
   SafetensorsWriter w;
-  w.add("h", Dtype::F16, {2}, std::vector<double>{1.0 + std::ldexp(1.0, -11), 65520.0});
+  w.add("h", Dtype::F16, {3}, std::vector<double>{1.0 + std::ldexp(1.0, -11), 65519.0, -inf});
   const auto r = parse(w.serialize());
-  CHECK(r.read_bytes(r.at("h")) == le_values(std::vector<std::uint16_t>{0x3C00, 0x7C00}));
+  CHECK(r.read_bytes(r.at("h")) == le_values(std::vector<std::uint16_t>{0x3C00, 0x7BFF, 0xFC00}));
+  CHECK_THROWS_WITH_AS(w.add("big", Dtype::F16, {2}, std::vector<float>{1.0f, -65520.0f}),
+                       doctest::Contains("tensor 'big': element 1 = -65520 is finite but overflows F16"),
+                       invalid_input);
+  CHECK_THROWS_WITH_AS(w.add("big", Dtype::BF16, {1}, std::vector<double>{1e300}),
+                       doctest::Contains("overflows BF16"), invalid_input);
+  CHECK_THROWS_WITH_AS(w.add("big", Dtype::F32, {1}, std::vector<double>{-1e39}),
+                       doctest::Contains("overflows F32"), invalid_input);
+  CHECK(w.size() == 1);
 }
 
 TEST_CASE("safetensors: corrupt files are rejected with a message naming the problem") {
@@ -483,12 +495,36 @@ TEST_CASE("safetensors: writes are atomic") {
     ablate::data::write_file_atomically(dir / "file", "x");
     CHECK_THROWS_AS(good.write(dir / "file" / "sub" / "w.safetensors"), io_error);
   }
-  SUBCASE("a target that cannot be replaced") {
-    std::filesystem::create_directories(dir / "occupied" / "child");
-    CHECK_THROWS_WITH_AS(good.write(dir / "occupied"), doctest::Contains("cannot rename"),
+  SUBCASE("a target that is not a regular file is refused, not replaced") {
+    namespace fs = std::filesystem;
+    fs::create_directories(dir / "occupied" / "child");
+    CHECK_THROWS_WITH_AS(good.write(dir / "occupied"),
+                         doctest::Contains("occupied: it is a directory, which an atomic write would replace"),
                          io_error);
-    CHECK(std::filesystem::is_directory(dir / "occupied" / "child"));
-    CHECK(dir.listing() == "occupied\nw.safetensors\n");
+    CHECK_THROWS_WITH_AS(ablate::data::write_file_atomically(dir / "occupied", "x"),
+                         doctest::Contains("it is a directory"), io_error);
+    CHECK(fs::is_directory(dir / "occupied" / "child"));
+    REQUIRE(::mkfifo((dir / "fifo").c_str(), 0600) == 0);
+    CHECK_THROWS_WITH_AS(good.write(dir / "fifo"),
+                         doctest::Contains("fifo: it is not a regular file (a device or a pipe?)"),
+                         io_error);
+    CHECK_THROWS_WITH_AS(ablate::data::write_file_atomically(dir / "fifo", "x"),
+                         doctest::Contains("not a regular file"), io_error);
+    CHECK(fs::is_fifo(dir / "fifo"));
+    CHECK(dir.listing() == "fifo\noccupied\nw.safetensors\n");
+  }
+  SUBCASE("a symbolic link stays a link: the file it names is replaced") {
+    namespace fs = std::filesystem;
+    fs::create_symlink("w.safetensors", dir / "latest");
+    SafetensorsWriter w;
+    w.add("y", Dtype::F32, {1}, std::vector<float>{2.0f});
+    w.write(dir / "latest");
+    CHECK(fs::is_symlink(fs::symlink_status(dir / "latest")));
+    CHECK(SafetensorsReader::open(target).find("y") != nullptr);
+    ablate::data::write_file_atomically(dir / "latest", before);
+    CHECK(fs::is_symlink(fs::symlink_status(dir / "latest")));
+    CHECK(ablate::data::read_file(target) == before);
+    CHECK(dir.listing() == "latest\nw.safetensors\n");
   }
   SUBCASE("a successful write replaces the file") {
     SafetensorsWriter w;

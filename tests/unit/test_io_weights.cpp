@@ -152,8 +152,32 @@ TEST_CASE("weights: mismatched files are rejected before the model changes") {
     wide.hidden_size = 32;
     Model<DenseArch, CPU> w(wide, 1);
     CHECK_THROWS_WITH_AS(io::load_weights(w, good),
-                         doctest::Contains("'embed_tokens.weight' has shape [17, 16]"),
+                         doctest::Contains("w.safetensors: the weights were saved from a model of "
+                                           "another ModelConfig (file vs model): hidden_size: 16 vs "
+                                           "32; build the model from io::read_model_config(file)"),
                          invalid_input);
+  }
+  SUBCASE("the same shapes but another function: heads, rope_theta") {
+    auto heads = cfg;
+    heads.num_attention_heads = cfg.num_attention_heads * 2;
+    Model<DenseArch, CPU> h(heads, 1);
+    CHECK_THROWS_WITH_AS(io::load_weights(h, good),
+                         doctest::Contains("(file vs model): num_attention_heads: 4 vs 8"),
+                         invalid_input);
+    auto theta = cfg;
+    theta.rope_theta = 3;
+    Model<DenseArch, CPU> t(theta, 1);
+    CHECK_THROWS_WITH_AS(io::load_weights(t, good), doctest::Contains("rope_theta: 10000.0 vs 3.0"),
+                         invalid_input);
+  }
+  SUBCASE("training-only settings may differ") {
+    auto eval = cfg;
+    eval.hidden_dropout = eval.attention_dropout = 0;
+    eval.initializer_range = 1;
+    eval.max_position_embeddings = cfg.max_position_embeddings * 2;
+    Model<DenseArch, CPU> e(eval, 1);
+    io::load_weights(e, good);
+    CHECK(same_parameters(a, e));
   }
   SUBCASE("integer dtype") {
     rewrite(good, dir / "i.safetensors", "", [](io::SafetensorsWriter& w) {

@@ -225,4 +225,27 @@ TEST_CASE("bad input throws std::invalid_argument naming the problem") {
                 "routed_scaling_factor");
   check_invalid([&] { Model<Glm4Arch, D> m(with([&](ModelConfig& c) { c.router_bias_update_rate = nan; }), 0); },
                 "router_bias_update_rate");
+
+  // Sizes whose products would wrap around 64 bits (and build tiny tensors that the kernels
+  // then overrun) are refused, in the config and in the widths the blocks make of them.
+  constexpr std::size_t huge = std::size_t{1} << 62;
+  check_invalid([&] { Tokens t(huge, 4); }, "Tokens: batch x seq = ");
+  check_invalid([&] { Tokens t(std::size_t{1} << 16, std::size_t{1} << 16); }, "exceeds the largest dimension");
+  check_invalid([&] { Model<Arch, D> m(with([&](ModelConfig& c) { c.vocab_size = std::size_t{1} << 63; }), 0); },
+                "ModelConfig: vocab_size = 9223372036854775808 exceeds the largest dimension");
+  check_invalid([&] { Model<MlaArch, D> m(with([&](ModelConfig& c) { c.qk_nope_head_dim = huge - 48; }), 0); },
+                "ModelConfig: qk_nope_head_dim");
+  const auto wide_heads = [](ModelConfig& c) {
+    c.hidden_size = std::size_t{1} << 20;
+    c.num_attention_heads = std::size_t{1} << 20;
+  };
+  check_invalid([&] {
+    Model<MlaArch, D> m(with([&](ModelConfig& c) { wide_heads(c); c.qk_nope_head_dim = 4096; }), 0);
+  }, "MLA: heads x q/k head dim");
+  check_invalid([&] {
+    Model<Glm4Arch, D> m(with([&](ModelConfig& c) {
+      c.n_shared_experts = std::size_t{1} << 20;
+      c.moe_intermediate_size = 4096;
+    }), 0);
+  }, "MoE: n_shared_experts x moe_intermediate_size");
 }

@@ -27,6 +27,7 @@ struct QuadraticModel {
   Tensor w_target, n_target;
   int hook_calls = 0;
   bool training = false;
+  double loss_offset = 0, grad_offset = 0;  // added to the loss and to one gradient element
 
   QuadraticModel() {
     w = &store.add("layers.0.mlp.up_proj.weight", {4, 6}, ablate::ParamRole::Matrix);
@@ -48,8 +49,9 @@ struct QuadraticModel {
     const Tensor dn = n->value - (n_target.array() + shift).matrix();
     B::axpy(w->grad, grad_scale, dw);
     B::axpy(n->grad, grad_scale, dn);
+    w->grad(0, 0) += grad_offset;
     ablate::LossStats stats;
-    stats.loss = 0.5 * (dw.squaredNorm() + dn.squaredNorm());
+    stats.loss = 0.5 * (dw.squaredNorm() + dn.squaredNorm()) + loss_offset;
     stats.tokens = inputs.size();
     return stats;
   }
@@ -114,6 +116,50 @@ TEST_CASE("train: Trainer accumulates grad/accum and steps every accum batches")
   CHECK(model.w->value != w0);
   CHECK(model.n->value != n0);
   CHECK(trainer.batches() == 8);
+}
+
+TEST_CASE("train: a non-finite loss or gradient norm throws before any weight changes") {
+  QuadraticModel model;
+  ablate::Trainer<QuadraticModel> trainer(model, small_config());
+  for (int i = 0; i < 10; ++i) trainer.step(batch(i), batch(i));  // 2 optimizer steps and 2 batches
+  const Tensor w = model.w->value;
+  const Tensor m = trainer.optimizer().adamw().states()[0].m;
+  auto unchanged = [&](std::size_t batches) {
+    CHECK(trainer.batches() == batches);
+    CHECK(trainer.optimizer_steps() == 2);
+    CHECK(trainer.optimizer().adamw().steps() == 2);
+    CHECK(model.w->value == w);
+    CHECK(trainer.optimizer().adamw().states()[0].m == m);
+    CHECK(model.w->grad.isZero(0.0));
+    CHECK(model.n->grad.isZero(0.0));
+  };
+
+  model.loss_offset = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(trainer.step(batch(10), batch(10)),
+                       doctest::Contains("Trainer::step: batch 11 has a non-finite loss (cross-entropy "),
+                       ablate::non_finite_error);
+  unchanged(8);  // the group's two earlier batches are dropped with it
+  model.loss_offset = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH_AS(trainer.step(batch(8), batch(8)),
+                       doctest::Contains("the 1 batch(es) of this accumulation group are dropped"),
+                       ablate::non_finite_error);
+  unchanged(8);
+
+  // A finite loss whose gradient overflows: found at the optimizer step, before the update.
+  model.loss_offset = 0;
+  model.grad_offset = std::numeric_limits<double>::infinity();
+  for (int i = 8; i < 11; ++i) CHECK_FALSE(trainer.step(batch(i), batch(i)).optimizer_step);
+  CHECK_THROWS_WITH_AS(trainer.step(batch(11), batch(11)),
+                       doctest::Contains("the gradient norm of optimizer step 3 is inf; the weights "
+                                         "are those of optimizer step 2 and the 4 batch(es)"),
+                       ablate::non_finite_error);
+  unchanged(8);
+
+  // Stepping on starts a fresh group.
+  model.grad_offset = 0;
+  for (int i = 8; i < 12; ++i) trainer.step(batch(i), batch(i));
+  CHECK(trainer.optimizer_steps() == 3);
+  CHECK(model.w->value != w);
 }
 
 TEST_CASE("train: Trainer reduces the loss and is deterministic") {

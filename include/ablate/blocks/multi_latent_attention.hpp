@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "ablate/blocks/dropout.hpp"
 #include "ablate/blocks/linear.hpp"
@@ -20,6 +21,7 @@
 #include "ablate/core/rope_layout.hpp"
 #include "ablate/core/attention_shape.hpp"
 #include "ablate/core/config.hpp"
+#include "ablate/core/dimensions.hpp"
 
 namespace ablate {
 
@@ -59,6 +61,17 @@ class MultiLatentAttentionBlock {
   }
 
   static void validate(const ModelConfig& cfg) {
+    for (const auto& [name, size] : {std::pair{"MLA: q_lora_rank", cfg.q_lora_rank},
+                                     {"MLA: kv_lora_rank", cfg.kv_lora_rank},
+                                     {"MLA: qk_nope_head_dim", cfg.qk_nope_head_dim},
+                                     {"MLA: qk_rope_head_dim", cfg.qk_rope_head_dim},
+                                     {"MLA: v_head_dim", cfg.v_head_dim}})
+      require_dimension(size, name);
+    // The widths of the projections (each sum of two sizes below 2^31 cannot wrap).
+    const std::size_t h = cfg.num_attention_heads;
+    dimension_product(h, cfg.qk_nope_head_dim + cfg.qk_rope_head_dim, "MLA: heads x q/k head dim");
+    dimension_product(h, cfg.qk_nope_head_dim + cfg.v_head_dim, "MLA: heads x (nope + v head dim)");
+    require_dimension(cfg.kv_lora_rank + cfg.qk_rope_head_dim, "MLA: kv_lora_rank + qk_rope_head_dim");
     require(cfg.kv_lora_rank > 0, "MLA: kv_lora_rank must be > 0 (the compressed KV path is required)");
     require(cfg.qk_rope_head_dim > 0 && cfg.qk_rope_head_dim % 2 == 0,
             "MLA: qk_rope_head_dim must be a positive even number, got ", cfg.qk_rope_head_dim);

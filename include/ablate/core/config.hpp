@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <utility>
 
+#include "ablate/core/dimensions.hpp"
 #include "ablate/core/error.hpp"
 
 namespace ablate {
@@ -50,6 +52,23 @@ struct ModelConfig {
 
   // Checks the skeleton; blocks check the fields they use in their constructors.
   void validate() const {
+    // Every size, used by this model's blocks or not: none may wrap around in a product.
+    for (const auto& [name, size] : {std::pair{"ModelConfig: vocab_size", vocab_size},
+                                     {"ModelConfig: hidden_size", hidden_size},
+                                     {"ModelConfig: num_attention_heads", num_attention_heads},
+                                     {"ModelConfig: num_hidden_layers", num_hidden_layers},
+                                     {"ModelConfig: intermediate_size", intermediate_size},
+                                     {"ModelConfig: max_position_embeddings", max_position_embeddings},
+                                     {"ModelConfig: q_lora_rank", q_lora_rank},
+                                     {"ModelConfig: kv_lora_rank", kv_lora_rank},
+                                     {"ModelConfig: qk_rope_head_dim", qk_rope_head_dim},
+                                     {"ModelConfig: qk_nope_head_dim", qk_nope_head_dim},
+                                     {"ModelConfig: v_head_dim", v_head_dim},
+                                     {"ModelConfig: moe_intermediate_size", moe_intermediate_size},
+                                     {"ModelConfig: n_shared_experts", n_shared_experts},
+                                     {"ModelConfig: n_group", n_group},
+                                     {"ModelConfig: topk_group", topk_group}})
+      require_dimension(size, name);
     require(vocab_size > 0, "ModelConfig: vocab_size must be > 0");
     require(hidden_size > 0, "ModelConfig: hidden_size must be > 0");
     require(num_attention_heads > 0, "ModelConfig: num_attention_heads must be > 0");

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "ablate/core/dimensions.hpp"
 #include "ablate/core/error.hpp"
 
 namespace ablate {
@@ -34,8 +35,9 @@ class Tokens {
   using value_type = std::int32_t;
 
   Tokens() = default;
+  // batch x seq must not exceed kMaxDimension (rows of the activations).
   Tokens(std::size_t batch, std::size_t seq, value_type fill = 0)
-      : batch_(batch), seq_(seq), ids_(batch * seq, fill) {}
+      : batch_(batch), seq_(seq), ids_(dimension_product(batch, seq, "Tokens: batch x seq"), fill) {}
 
   std::size_t batch() const { return batch_; }
   std::size_t seq() const { return seq_; }

@@ -90,6 +90,25 @@ inline std::filesystem::path temporary_for(const std::filesystem::path& target) 
                    "-" + std::to_string(counter.fetch_add(1)));
 }
 
+// The file an atomic write to `path` replaces: `path`, or the file it links to (the link
+// stays a link).  Throws io_error when that exists and is not a regular file: the rename would
+// replace a directory, a device or a pipe with a file instead of writing to it.
+inline std::filesystem::path replaceable_target(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path target = path;
+  if (fs::is_symlink(fs::symlink_status(path, ec))) {
+    target = fs::weakly_canonical(path, ec);
+    if (ec) throw io_error("cannot write " + path.string() + ": cannot follow the link: " + ec.message());
+  }
+  const fs::file_status status = fs::status(target, ec);
+  if (!ec && fs::exists(status) && !fs::is_regular_file(status))
+    throw io_error("cannot write " + path.string() + ": it is " +
+                   (fs::is_directory(status) ? "a directory" : "not a regular file (a device or a pipe?)") +
+                   ", which an atomic write would replace");
+  return target;
+}
+
 // Gives the temporary the permissions of the file it will replace, if there is one, before
 // any data goes in: a private checkpoint stays private. Best effort (a failure leaves the
 // temporary as created).
@@ -105,9 +124,11 @@ inline void keep_permissions(const std::filesystem::path& target,
 
 // Writes `bytes` to `path` so that readers see either the old file or the complete new one:
 // the data goes to a temporary file next to `path`, which is then renamed over it. Missing
-// parent directories are created; a replaced file's permissions are kept.
-inline void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {
+// parent directories are created; a replaced file's permissions are kept. A symbolic link is
+// followed (the file it names is replaced); a target that is not a regular file is refused.
+inline void write_file_atomically(const std::filesystem::path& link_or_path, std::string_view bytes) {
   namespace fs = std::filesystem;
+  const fs::path path = detail::replaceable_target(link_or_path);
   const fs::path temp = detail::temporary_for(path);
   std::error_code ec;
   {

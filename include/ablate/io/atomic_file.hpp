@@ -32,7 +32,10 @@ class AtomicFileWriter {
  public:
   // Creates the temporary file (and missing parent directories of `target`), with the
   // permissions of the file it will replace, if any.
-  explicit AtomicFileWriter(std::filesystem::path target) : target_(std::move(target)) {
+  // Like data::write_file_atomically, follows a symbolic link and refuses a target that is not
+  // a regular file.
+  explicit AtomicFileWriter(const std::filesystem::path& target)
+      : target_(data::detail::replaceable_target(target)) {
     temp_ = data::detail::temporary_for(target_);
 #if ABLATE_IO_POSIX
     fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);

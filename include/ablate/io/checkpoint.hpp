@@ -106,12 +106,6 @@ C metadata_config(const SafetensorsReader& r, const char* key,
   }
 }
 
-inline std::string joined(const std::vector<std::string>& parts) {
-  std::string s;
-  for (std::size_t i = 0; i < parts.size(); ++i) s += (i ? "; " : "") + parts[i];
-  return s;
-}
-
 }  // namespace detail
 
 // Writes model, optimizer and trainer state to `path` atomically.
@@ -195,8 +189,21 @@ void load_checkpoint(const std::filesystem::path& path, Model<Arch, B>& model,
   const auto rng_seed = detail::metadata_integer<std::uint64_t>(r, meta::rng_seed);
   const auto rng_counter = detail::metadata_integer<std::uint64_t>(r, meta::rng_counter);
   require(adamw_steps >= 0 && muon_steps >= 0, src, ": negative optimizer step count");
-  require(optimizer_steps <= batches, src, ": ", optimizer_steps, " optimizer steps after only ",
-          batches, " batches");
+  // Counts past 2^53 no run reaches, and they would lose exactness as the doubles of AdamW's
+  // bias correction (or overflow its int64 step count).
+  constexpr std::uint64_t max_count = std::uint64_t{1} << 53;
+  require(batches <= max_count && static_cast<std::uint64_t>(adamw_steps) <= max_count &&
+              static_cast<std::uint64_t>(muon_steps) <= max_count,
+          src, ": a step count exceeds 2^53 (", batches, " batches, ", adamw_steps, " AdamW and ",
+          muon_steps, " Muon steps)");
+  const std::size_t accumulation = trainer.config().grad_accumulation;
+  require(optimizer_steps == batches / accumulation, src, ": ", optimizer_steps,
+          " optimizer steps after ", batches, " batches of ", accumulation,
+          "-batch gradient accumulation, which make ", batches / accumulation);
+  require(static_cast<std::uint64_t>(adamw_steps) <= optimizer_steps &&
+              static_cast<std::uint64_t>(muon_steps) <= optimizer_steps,
+          src, ": more AdamW (", adamw_steps, ") or Muon (", muon_steps,
+          ") steps than optimizer steps (", optimizer_steps, ")");
 
   // The trainer's optimizer must be the one over this model's parameters.
   std::unordered_map<std::string, Parameter<B>*> params;

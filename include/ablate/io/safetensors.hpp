@@ -317,21 +317,35 @@ void encode(Dtype d, const T* values, std::size_t count, unsigned char* out,
         return;
       }
     }
+    // A finite value beyond the dtype's range would be stored as an infinity: refused.
+    auto overflow = [&](std::size_t i, double x) {
+      throw invalid_input(detail::concat("tensor '", name, "': element ", i, " = ", x,
+                                         " is finite but overflows ", d, " (it would be stored as inf)"));
+    };
     for (std::size_t i = 0; i < count; ++i, out += size) {
       const double x = static_cast<double>(values[i]);
       switch (d) {
         case Dtype::F64:
           store_le(out, std::bit_cast<std::uint64_t>(x), 8);
           break;
-        case Dtype::F32:
-          store_le(out, std::bit_cast<std::uint32_t>(static_cast<float>(x)), 4);
+        case Dtype::F32: {
+          const float f = static_cast<float>(x);
+          if (std::isinf(f) && std::isfinite(x)) overflow(i, x);
+          store_le(out, std::bit_cast<std::uint32_t>(f), 4);
           break;
-        case Dtype::F16:
-          store_le(out, round_to_binary(x, 5, 10), 2);
+        }
+        case Dtype::F16: {
+          const std::uint64_t bits = round_to_binary(x, 5, 10);
+          if ((bits & 0x7fff) == 0x7c00 && std::isfinite(x)) overflow(i, x);
+          store_le(out, bits, 2);
           break;
-        case Dtype::BF16:
-          store_le(out, round_to_binary(x, 8, 7), 2);
+        }
+        case Dtype::BF16: {
+          const std::uint64_t bits = round_to_binary(x, 8, 7);
+          if ((bits & 0x7fff) == 0x7f80 && std::isfinite(x)) overflow(i, x);
+          store_le(out, bits, 2);
           break;
+        }
         default:
           throw invalid_input(
               detail::concat("tensor '", name, "': cannot store floating-point values as ", d));

@@ -168,6 +168,12 @@ inline void check_architecture(const SafetensorsReader& r, const std::string& mo
                                "'"));
 }
 
+inline std::string joined(const std::vector<std::string>& parts) {
+  std::string s;
+  for (std::size_t i = 0; i < parts.size(); ++i) s += (i ? "; " : "") + parts[i];
+  return s;
+}
+
 inline std::string name_list(const std::vector<std::string>& names) {
   std::string s;
   for (std::size_t i = 0; i < names.size() && i < 5; ++i) s += (i ? ", '" : "'") + names[i] + "'";
@@ -210,6 +216,19 @@ void save_weights(const Model<Arch, B>& model, const std::filesystem::path& path
   w.write(path);
 }
 
+// The ModelConfig a weights file or checkpoint was saved with, so a matching model can be
+// built before loading.
+inline ModelConfig read_model_config(const SafetensorsReader& reader) {
+  const std::string* text = reader.metadata_value(meta::config);
+  require(text != nullptr, reader.source(), ": no ", meta::config, " in the metadata");
+  nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  require(!j.is_discarded(), reader.source(), ": ", meta::config, " is not valid JSON");
+  try {
+    return model_config_from_json(j);
+  } catch (const invalid_input& e) {
+    throw invalid_input(detail::concat(reader.source(), ": ", e.what()));
+  }
+}
 // Loads every parameter and buffer of `model` from `reader` (a weights file, or the weights of
 // a training checkpoint), converting from the stored floating-point dtype.
 template <class Arch, class B>
@@ -220,6 +239,13 @@ void load_weights(Model<Arch, B>& model, const SafetensorsReader& reader) {
   const bool checkpoint = kind != nullptr && *kind == "checkpoint";
   detail::check_architecture(reader, Model<Arch, B>::architecture_name(),
                              checkpoint ? "a checkpoint" : "weights");
+  // Same shapes do not make the same function (heads, eps, rope_theta, ...): a file that
+  // records its ModelConfig must agree with the model's.
+  if (reader.metadata_value(meta::config) != nullptr)
+    if (const auto diff = function_differences(read_model_config(reader), model.config()); !diff.empty())
+      throw invalid_input(detail::concat(
+          reader.source(), ": the weights were saved from a model of another ModelConfig (file vs "
+          "model): ", detail::joined(diff), "; build the model from io::read_model_config(file)"));
 
   const auto slots = detail::model_tensors(model);
   std::set<std::string, std::less<>> expected;
@@ -257,19 +283,6 @@ void load_weights(Model<Arch, B>& model, const std::filesystem::path& path) {
   load_weights(model, SafetensorsReader::open(path));
 }
 
-// The ModelConfig a weights file or checkpoint was saved with, so a matching model can be
-// built before loading.
-inline ModelConfig read_model_config(const SafetensorsReader& reader) {
-  const std::string* text = reader.metadata_value(meta::config);
-  require(text != nullptr, reader.source(), ": no ", meta::config, " in the metadata");
-  nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  require(!j.is_discarded(), reader.source(), ": ", meta::config, " is not valid JSON");
-  try {
-    return model_config_from_json(j);
-  } catch (const invalid_input& e) {
-    throw invalid_input(detail::concat(reader.source(), ": ", e.what()));
-  }
-}
 inline ModelConfig read_model_config(const std::filesystem::path& path) {
   return read_model_config(SafetensorsReader::open(path));
 }

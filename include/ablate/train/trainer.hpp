@@ -13,8 +13,12 @@
 //   void after_optimizer_step();  // e.g. auxiliary-loss-free MoE bias update
 #pragma once
 
+#include <cmath>
 #include <cstddef>
+#include <stdexcept>
+#include <string>
 
+#include "ablate/core/error.hpp"
 #include "ablate/core/loss_stats.hpp"
 #include "ablate/core/tokens.hpp"
 #include "ablate/train/clip.hpp"
@@ -23,6 +27,12 @@
 #include "ablate/train/train_config.hpp"
 
 namespace ablate {
+
+// Thrown by Trainer::step when training produced a NaN or an infinity.
+class non_finite_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 // What one call to Trainer::step did.
 struct TrainStep {
@@ -50,16 +60,28 @@ class Trainer {
   }
 
   // One batch.  As in the seed, gradients of a last incomplete accumulation group are never
-  // applied.
+  // applied.  A loss or gradient norm that is not finite throws non_finite_error before any
+  // weight changes: the weights and optimizer state stay those of the last optimizer step, and
+  // the batches of the current accumulation group are dropped (gradients zeroed, the batch
+  // count back at the group's start; a GLM4 router's load counts of them stay), so a caller
+  // may lower the learning rate or skip data and step on.
   TrainStep step(const Tokens& inputs, const Tokens& targets) {
     model_.train(true);
     TrainStep out;
     out.stats = model_.forward_backward(inputs, targets,
                                         1.0 / static_cast<double>(config_.grad_accumulation));
+    if (!std::isfinite(out.stats.loss) || !std::isfinite(out.stats.aux_loss))
+      drop_group(detail::concat("batch ", batches_ + 1, " has a non-finite loss (cross-entropy ",
+                                out.stats.loss, ", auxiliary loss ", out.stats.aux_loss, ")"));
     ++batches_;
     if (batches_ % config_.grad_accumulation == 0) {
       out.optimizer_step = true;
       out.grad_norm = clip_grad_norm(model_.parameters(), config_.grad_clip);
+      if (!std::isfinite(out.grad_norm)) {
+        --batches_;
+        drop_group(detail::concat("the gradient norm of optimizer step ", optimizer_steps_ + 1,
+                                  " is ", out.grad_norm));
+      }
       out.lr_factor = schedule_.factor(optimizer_steps_);
       optimizer_.step(out.lr_factor);
       model_.after_optimizer_step();
@@ -88,6 +110,16 @@ class Trainer {
   const HybridOptimizer<Backend>& optimizer() const { return optimizer_; }
 
  private:
+  [[noreturn]] void drop_group(const std::string& what) {
+    const std::size_t dropped = batches_ % config_.grad_accumulation + 1;
+    model_.zero_grad();
+    batches_ -= dropped - 1;
+    throw non_finite_error(detail::concat(
+        "Trainer::step: ", what, "; the weights are those of optimizer step ", optimizer_steps_,
+        " and the ", dropped, " batch(es) of this accumulation group are dropped (a learning "
+        "rate too high, or bad data?)"));
+  }
+
   static const TrainConfig& validated(const TrainConfig& config) {
     config.validate();
     return config;

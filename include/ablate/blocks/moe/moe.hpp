@@ -31,6 +31,7 @@
 #include "ablate/blocks/moe/seed_router.hpp"
 #include "ablate/blocks/moe/softmax_router.hpp"
 #include "ablate/core/config.hpp"
+#include "ablate/core/dimensions.hpp"
 #include "ablate/core/context.hpp"
 #include "ablate/core/error.hpp"
 #include "ablate/core/operand_checks.hpp"
@@ -63,7 +64,8 @@ class MoEBlock {
       if (cfg.n_shared_experts > 0) {
         has_shared_ = true;
         shared_ = ExpertFactory<SharedExpertPolicy>::template make<B>(
-            store, init, name + ".shared_experts", cfg, cfg.n_shared_experts * width_);
+            store, init, name + ".shared_experts", cfg,
+            dimension_product(cfg.n_shared_experts, width_, "MoE: n_shared_experts x moe_intermediate_size"));
       }
     }
     ran_.assign(E, false);
@@ -139,6 +141,7 @@ class MoEBlock {
     require(K > 0, "MoE: top_k must be > 0");
     require(K <= E, "MoE: top_k (", K, ") exceeds the number of experts (", E, ")");
     require(cfg.moe_intermediate_size > 0, "MoE: moe_intermediate_size must be > 0");
+    require_dimension(cfg.moe_intermediate_size, "MoE: moe_intermediate_size");
     return cfg.moe_intermediate_size;
   }
 
