@@ -304,7 +304,7 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
                                  ": a finished run does not read back: " + e.what());
       }
       doc["started_at"] = previous->value("started_at", json(nullptr));
-      doc["command_line"] = previous->value("command_line", json(nullptr));
+      doc["command_line"] = previous->value("command_line", s.command_line);
       doc["resumed"] = previous->value("resumed", json::array());
       doc["resumed"].push_back({{"at", utc_now()}, {"command_line", s.command_line}});
     } else if (previous && (finished_runs(*previous) > 0 || in_progress)) {
@@ -353,10 +353,12 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
       plan.save_metadata = {{saved::program, prog},
                             {saved::protocol, to_string(s.protocol)},
                             {saved::preset, p.name},
-                            {saved::command_line, s.command_line},
+                            {saved::command_line, doc["command_line"].get<std::string>()},
                             {saved::vocabulary, data.vocabulary}};
     }
-    StopControl stop(s.stop_after);
+    // Signals stop the runs only: after them, Ctrl-C ends the program as usual.
+    std::optional<StopControl> stopper;
+    StopControl& stop = stopper.emplace(s.stop_after);
     plan.checkpoint = checkpoint_file;
     plan.stop = &stop;
     plan.checkpoint_interval_s = 60 * s.checkpoint_minutes;
@@ -389,8 +391,12 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
                         plan.label.c_str(), r.final.val_loss, 100 * r.final.val_accuracy,
                         std::exp(r.final.val_loss), format_duration(r.train_time_s).c_str(),
                         r.tokens_per_s, format_duration(r.eval_time_s).c_str());
-          progress.message(r.model_file.empty() ? std::string(line)
-                                                : std::string(line) + "; saved to " + r.model_file);
+          if (!r.diverged.empty())
+            std::snprintf(line, sizeof line, "%s: diverged at batch %zu of %zu (recorded without figures)",
+                          plan.label.c_str(), r.final.batch, plan.steps);
+          progress.message(!r.diverged.empty()    ? std::string(line) + ": " + r.diverged
+                           : r.model_file.empty() ? std::string(line)
+                                                  : std::string(line) + "; saved to " + r.model_file);
           m.runs.push_back(std::move(r));
           save(false);
           fs::remove(checkpoint_file);  // the run is in results.json now
@@ -405,6 +411,7 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
                        "; the same command line with --resume continues");
       return e.exit_code();
     }
+    stopper.reset();
     save(true);
 
     std::string spread;

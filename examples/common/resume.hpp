@@ -10,6 +10,7 @@
 // the rest: the figures equal those of an uninterrupted run to the last bit (the times do not).
 #pragma once
 
+#include <atomic>
 #include <charconv>
 #include <cmath>
 #include <csignal>
@@ -72,12 +73,20 @@ class run_stopped : public std::runtime_error {
 };
 
 namespace detail {
-inline volatile std::sig_atomic_t stop_signal = 0;
+// Lock-free, so the handler may set it on any thread (OpenMP's or the CUDA runtime's too).
+inline std::atomic<int> stop_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free);
 
 inline void on_stop_signal(int sig) {
-  stop_signal = sig;
-  // Async-signal-safe: write(2), not stdio.  The handler was installed with SA_RESETHAND, so a
-  // second signal ends the program at once.
+  int none = 0;
+  stop_signal.compare_exchange_strong(none, sig);  // the first signal names the stop
+  // Both signals back to their default: a second one, of either kind, ends the program at
+  // once.  Async-signal-safe calls only (sigaction, write).
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGINT, &dfl, nullptr);
+  sigaction(SIGTERM, &dfl, nullptr);
   constexpr char note[] = "\nstopping after this batch (a second signal stops at once)\n";
   [[maybe_unused]] const auto n = ::write(STDERR_FILENO, note, sizeof note - 1);
 }
@@ -93,7 +102,7 @@ class StopControl {
     struct sigaction sa {};
     sa.sa_handler = &detail::on_stop_signal;
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESETHAND;
+    sa.sa_flags = 0;
     sigaction(SIGINT, &sa, &old_int_);
     sigaction(SIGTERM, &sa, &old_term_);
   }
@@ -162,11 +171,13 @@ inline double run_number(const ablate::io::SafetensorsReader& r, const char* key
   return v;
 }
 
-inline std::size_t run_count(const ablate::io::SafetensorsReader& r, const char* key) {
-  const double v = run_number(r, key);
-  if (!(v >= 0 && v <= 9.0e15) || v != std::floor(v))
-    throw std::runtime_error(r.source() + ": " + key + " is not a count: '" + run_value(r, key) + "'");
-  return static_cast<std::size_t>(v);
+inline std::uint64_t run_count(const ablate::io::SafetensorsReader& r, const char* key) {
+  const std::string& text = run_value(r, key);
+  std::uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size())
+    throw std::runtime_error(r.source() + ": " + key + " is not a count: '" + text + "'");
+  return v;
 }
 
 }  // namespace detail
@@ -258,8 +269,10 @@ inline void check_resumable(const json& previous, const json& current, const std
   };
   for (const char* key : {"program", "ablate_version", "protocol", "preset", "backend", "config", "data"})
     compare(key, previous.value(key, json(nullptr)), current.at(key));
-  compare("thread count", previous.value("machine", json::object()).value("threads_used", json(nullptr)),
+  const json machine = previous.value("machine", json::object());
+  compare("thread count", machine.value("threads_used", json(nullptr)),
           current.at("machine").at("threads_used"));
+  compare("GPU", machine.value("gpu", json(nullptr)), current.at("machine").value("gpu", json(nullptr)));
   const json& was = previous.value("models", json::array());
   const json& now = current.at("models");
   json was_names = json::array(), now_names = json::array();

@@ -37,6 +37,7 @@ struct RunResult {
   double eval_time_s = 0;
   double tokens_per_s = 0;          // training throughput
   std::string model_file;           // where the trained model was saved ("" if it was not)
+  std::string diverged;             // why training stopped at a NaN or inf ("" if it did not)
 };
 
 // JSON has no NaN or infinity: they are written as null and read back as NaN.
@@ -92,6 +93,7 @@ inline json run_json(const RunResult& r) {
            {"eval_time_s", r.eval_time_s},
            {"tokens_per_s", r.tokens_per_s}};
   if (!r.model_file.empty()) run["model_file"] = r.model_file;
+  if (!r.diverged.empty()) run["diverged"] = r.diverged;
   run["curve"] = curve_json(r.curve);
   return run;
 }
@@ -106,6 +108,7 @@ inline RunResult run_of(const json& j) {
   r.eval_time_s = j.at("eval_time_s").get<double>();
   r.tokens_per_s = j.at("tokens_per_s").get<double>();
   if (j.contains("model_file")) r.model_file = j.at("model_file").get<std::string>();
+  if (j.contains("diverged")) r.diverged = j.at("diverged").get<std::string>();
   return r;
 }
 

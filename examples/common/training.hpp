@@ -88,7 +88,9 @@ void evaluate(Model& model, const ablate::data::WindowSet& set, const std::vecto
 // Trains a fresh Model<Arch, B> with `seed` (initialisation, dropout and the order of the training
 // batches all follow it), or with plan.resume the one saved in plan.checkpoint, and evaluates
 // every plan.eval_every batches and at the end.  Throws run_stopped, after writing the
-// checkpoint, when plan.stop asks it to stop before its last batch.
+// checkpoint, when plan.stop asks it to stop before its last batch.  A run whose loss or
+// gradients become NaN or infinite ends there, as a diverged run: its last curve point has no
+// figures (NaN) and RunResult::diverged says what happened; it is not saved.
 template <class Arch, class B>
 RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::uint64_t seed,
                     Progress& progress) {
@@ -111,12 +113,25 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
     last_checkpoint = Clock::now();
   };
   ablate::Tokens inputs, targets;
+  std::string diverged;
   progress.begin(plan.label, plan.steps, at.batch);
   for (std::size_t b = at.batch + 1; b <= plan.steps; ++b) {
     const bool last = b == plan.steps, evaluate = b % plan.eval_every == 0 || last;
     const auto t0 = Clock::now();
     detail::to_tokens(inputs, targets, sampler.next());
-    const ablate::TrainStep step = trainer.step(inputs, targets);
+    ablate::TrainStep step;
+    try {
+      step = trainer.step(inputs, targets);
+    } catch (const ablate::non_finite_error& e) {
+      diverged = e.what();
+      EvalPoint point;  // the batch it diverged at, with no figures
+      point.batch = b;
+      point.optimizer_steps = trainer.optimizer_steps();
+      point.tokens_seen = b * tokens_per_batch;
+      point.train_time_s = at.train_time_s;
+      at.curve.push_back(point);
+      break;
+    }
     // A device backend may still be running the step's backward: the next step's loss read-back
     // waits for it, so only the time before an evaluation needs the wait.
     if (evaluate) B::synchronize();
@@ -165,9 +180,10 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
   result.final = result.curve.back();
   result.train_time_s = at.train_time_s;
   result.eval_time_s = at.eval_time_s;
-  result.tokens_per_s =
-      static_cast<double>(plan.steps * tokens_per_batch) / std::max(1e-9, result.train_time_s);
-  if (!plan.save_dir.empty()) {
+  result.tokens_per_s = static_cast<double>(result.final.batch * tokens_per_batch) /
+                        std::max(1e-9, result.train_time_s);
+  result.diverged = std::move(diverged);
+  if (!plan.save_dir.empty() && result.diverged.empty()) {
     const auto file = saved_model_path(plan.save_dir, plan.model, seed);
     save_trained_model(model, file, plan.save_metadata, seed, result.final.val_loss,
                        result.final.val_accuracy, result.final.val_tokens);

@@ -525,6 +525,14 @@ TEST_CASE("safetensors: writes are atomic") {
     CHECK(fs::is_symlink(fs::symlink_status(dir / "latest")));
     CHECK(ablate::data::read_file(target) == before);
     CHECK(dir.listing() == "latest\nw.safetensors\n");
+    // A link to a file not written yet: the file appears under the name the link gives.
+    fs::create_symlink("new.safetensors", dir / "next");
+    ablate::data::write_file_atomically(dir / "next", "x");
+    CHECK(fs::is_symlink(fs::symlink_status(dir / "next")));
+    CHECK(ablate::data::read_file(dir / "new.safetensors") == "x");
+    fs::create_symlink("loop", dir / "loop");
+    CHECK_THROWS_WITH_AS(ablate::data::write_file_atomically(dir / "loop", "x"),
+                         doctest::Contains("cannot follow the link"), io_error);
   }
   SUBCASE("a successful write replaces the file") {
     SafetensorsWriter w;

@@ -152,9 +152,7 @@ TEST_CASE("weights: mismatched files are rejected before the model changes") {
     wide.hidden_size = 32;
     Model<DenseArch, CPU> w(wide, 1);
     CHECK_THROWS_WITH_AS(io::load_weights(w, good),
-                         doctest::Contains("w.safetensors: the weights were saved from a model of "
-                                           "another ModelConfig (file vs model): hidden_size: 16 vs "
-                                           "32; build the model from io::read_model_config(file)"),
+                         doctest::Contains("'embed_tokens.weight' has shape [17, 16]"),
                          invalid_input);
   }
   SUBCASE("the same shapes but another function: heads, rope_theta") {
@@ -162,16 +160,33 @@ TEST_CASE("weights: mismatched files are rejected before the model changes") {
     heads.num_attention_heads = cfg.num_attention_heads * 2;
     Model<DenseArch, CPU> h(heads, 1);
     CHECK_THROWS_WITH_AS(io::load_weights(h, good),
-                         doctest::Contains("(file vs model): num_attention_heads: 4 vs 8"),
+                         doctest::Contains("w.safetensors: the weights were saved from a model of "
+                                           "another ModelConfig (file vs model): num_attention_heads: "
+                                           "4 vs 8; build the model from io::read_model_config(file)"),
                          invalid_input);
     auto theta = cfg;
     theta.rope_theta = 3;
     Model<DenseArch, CPU> t(theta, 1);
     CHECK_THROWS_WITH_AS(io::load_weights(t, good), doctest::Contains("rope_theta: 10000.0 vs 3.0"),
                          invalid_input);
+    // The router's settings count for a model with that router.
+    Model<MoeArch, CPU> moe(cfg, 1);
+    io::save_weights(moe, dir / "moe.safetensors");
+    auto scaled = cfg;
+    scaled.routed_scaling_factor = 2.5;
+    Model<MoeArch, CPU> other(scaled, 1);
+    CHECK_THROWS_WITH_AS(io::load_weights(other, dir / "moe.safetensors"),
+                         doctest::Contains("routed_scaling_factor: 1.0 vs 2.5"), invalid_input);
+    CHECK(MoeArch::config_fields() ==
+          std::vector<std::string_view>{"num_attention_heads", "rope_theta", "n_group", "topk_group",
+                                        "norm_topk_prob", "routed_scaling_factor", "rms_norm_eps"});
   }
-  SUBCASE("training-only settings may differ") {
+  SUBCASE("training-only settings, and fields the architecture does not read, may differ") {
     auto eval = cfg;
+    eval.layer_norm_eps = 0.5;  // an RMSNorm model
+    eval.mla_rms_norm_eps = 0.5;
+    eval.n_group = 1;
+    eval.norm_topk_prob = false;
     eval.hidden_dropout = eval.attention_dropout = 0;
     eval.initializer_range = 1;
     eval.max_position_embeddings = cfg.max_position_embeddings * 2;

@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "ablate/core/init.hpp"
 #include "ablate/core/config.hpp"
@@ -47,6 +49,7 @@ struct LN {
   template <class B>
   using Block = LayerNorm<B>;
   static constexpr const char* name = "layernorm";
+  static std::vector<std::string_view> config_fields() { return {"layer_norm_eps"}; }
   template <class B>
   static Block<B> make(ParameterStore<B>& store, Initializer& init, const std::string& name,
                        const ModelConfig& cfg) {

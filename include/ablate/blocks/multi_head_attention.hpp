@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "ablate/blocks/dropout.hpp"
 #include "ablate/blocks/linear.hpp"
@@ -111,6 +113,11 @@ struct MultiHead {
   static constexpr const char* name =
       M == Masking::Causal ? (P == Positions::RoPE ? "mha" : "mha-nopos")
                            : (P == Positions::RoPE ? "mha-noncausal" : "mha-noncausal-nopos");
+  // The ModelConfig fields besides the tensor shapes that change what it computes.
+  static std::vector<std::string_view> config_fields() {
+    if constexpr (P == Positions::RoPE) return {"num_attention_heads", "rope_theta"};
+    else return {"num_attention_heads"};
+  }
   template <class B>
   static Block<B> make(ParameterStore<B>& store, Initializer& init, const std::string& name,
                        const ModelConfig& cfg) {

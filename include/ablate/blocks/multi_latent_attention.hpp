@@ -12,7 +12,9 @@
 
 #include <cmath>
 #include <string>
+#include <string_view>
 #include <utility>
+#include <vector>
 
 #include "ablate/blocks/dropout.hpp"
 #include "ablate/blocks/linear.hpp"
@@ -180,6 +182,11 @@ struct MultiLatent {
   template <class B>
   using Block = MultiLatentAttentionBlock<B, M>;
   static constexpr const char* name = M == Masking::Causal ? "mla" : "mla-noncausal";
+  // The ModelConfig fields besides the tensor shapes that change what it computes.
+  static std::vector<std::string_view> config_fields() {
+    return {"num_attention_heads", "rope_theta", "mla_rms_norm_eps", "qk_nope_head_dim",
+            "qk_rope_head_dim", "v_head_dim"};
+  }
   template <class B>
   static Block<B> make(ParameterStore<B>& store, Initializer& init, const std::string& name,
                        const ModelConfig& cfg) {

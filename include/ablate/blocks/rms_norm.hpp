@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "ablate/core/init.hpp"
 #include "ablate/core/config.hpp"
@@ -43,6 +45,7 @@ struct RMS {
   template <class B>
   using Block = RMSNorm<B>;
   static constexpr const char* name = "rms";
+  static std::vector<std::string_view> config_fields() { return {"rms_norm_eps"}; }
   template <class B>
   static Block<B> make(ParameterStore<B>& store, Initializer& init, const std::string& name,
                        const ModelConfig& cfg) {

@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <string_view>
 #include <utility>
+#include <vector>
 
 #include "ablate/core/dimensions.hpp"
 #include "ablate/core/error.hpp"
@@ -89,5 +91,16 @@ struct ModelConfig {
             "ModelConfig: initializer_range must be a finite number >= 0, got ", initializer_range);
   }
 };
+
+// The ModelConfig fields a block policy declares as changing what it computes beyond the
+// tensor shapes (P::config_fields()), or none.
+template <class P>
+std::vector<std::string_view> policy_config_fields() {
+  if constexpr (requires { P::config_fields(); }) {
+    return P::config_fields();
+  } else {
+    return {};
+  }
+}
 
 }  // namespace ablate

@@ -97,9 +97,13 @@ inline std::filesystem::path replaceable_target(const std::filesystem::path& pat
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::path target = path;
-  if (fs::is_symlink(fs::symlink_status(path, ec))) {
-    target = fs::weakly_canonical(path, ec);
-    if (ec) throw io_error("cannot write " + path.string() + ": cannot follow the link: " + ec.message());
+  // Link by link, so that a link to a file not written yet leads to that file's name.
+  for (int hops = 0; fs::is_symlink(fs::symlink_status(target, ec)); ++hops) {
+    const fs::path next = fs::read_symlink(target, ec);
+    if (ec || hops == 40)
+      throw io_error("cannot write " + path.string() + ": cannot follow the link: " +
+                     (ec ? ec.message() : std::string("too many levels of links")));
+    target = next.is_absolute() ? next : target.parent_path() / next;
   }
   const fs::file_status status = fs::status(target, ec);
   if (!ec && fs::exists(status) && !fs::is_regular_file(status))

@@ -3,6 +3,7 @@
 // wrong types throw; missing fields keep their defaults, so older files still load.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -180,19 +181,14 @@ inline TrainConfig train_config_from_json(const nlohmann::json& j) {
 inline std::vector<std::string> config_differences(const ModelConfig& a, const ModelConfig& b) {
   return detail::config_differences(a, b);
 }
-// The fields that differ and change what a model's weights compute: not the dropout rates,
-// the init scale, the position limit or the router's training-only settings (auxiliary loss,
-// noise, bias updates), which a model of trained weights may set as it likes.
-inline std::vector<std::string> function_differences(const ModelConfig& a, const ModelConfig& b) {
-  ModelConfig same = b;
-  same.hidden_dropout = a.hidden_dropout;
-  same.attention_dropout = a.attention_dropout;
-  same.initializer_range = a.initializer_range;
-  same.max_position_embeddings = a.max_position_embeddings;
-  same.router_aux_loss_coef = a.router_aux_loss_coef;
-  same.router_noise_std = a.router_noise_std;
-  same.router_bias_update_rate = a.router_bias_update_rate;
-  return detail::config_differences(a, same);
+// The same, for the named fields only (an architecture's config_fields()).
+inline std::vector<std::string> config_differences(const ModelConfig& a, const ModelConfig& b,
+                                                   const std::vector<std::string_view>& fields) {
+  std::vector<std::string> out;
+  for (std::string& d : detail::config_differences(a, b))
+    if (std::find(fields.begin(), fields.end(), std::string_view(d).substr(0, d.find(':'))) != fields.end())
+      out.push_back(std::move(d));
+  return out;
 }
 inline std::vector<std::string> config_differences(const TrainConfig& a, const TrainConfig& b) {
   return detail::config_differences(a, b);

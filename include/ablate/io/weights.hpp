@@ -240,9 +240,11 @@ void load_weights(Model<Arch, B>& model, const SafetensorsReader& reader) {
   detail::check_architecture(reader, Model<Arch, B>::architecture_name(),
                              checkpoint ? "a checkpoint" : "weights");
   // Same shapes do not make the same function (heads, eps, rope_theta, ...): a file that
-  // records its ModelConfig must agree with the model's.
+  // records its ModelConfig must agree with the model's on the fields the architecture reads.
   if (reader.metadata_value(meta::config) != nullptr)
-    if (const auto diff = function_differences(read_model_config(reader), model.config()); !diff.empty())
+    if (const auto diff = config_differences(read_model_config(reader), model.config(),
+                                             Arch::config_fields());
+        !diff.empty())
       throw invalid_input(detail::concat(
           reader.source(), ": the weights were saved from a model of another ModelConfig (file vs "
           "model): ", detail::joined(diff), "; build the model from io::read_model_config(file)"));

@@ -3,8 +3,11 @@
 //   Attention<MHA>, FFN<GatedMLP>, Norm<RMS>, Placement<PreNorm>, FinalNorm<same as Norm>.
 #pragma once
 
+#include <algorithm>
 #include <string>
+#include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include "ablate/blocks/gated_mlp.hpp"
 #include "ablate/blocks/multi_head_attention.hpp"
@@ -81,6 +84,17 @@ struct Architecture {
   using norm = typename detail::find_slot<Norm, RMS, Parts...>::type;
   using final_norm = typename detail::find_slot<FinalNorm, norm, Parts...>::type;
   using placement = typename detail::find_slot<Placement, PreNorm, Parts...>::type;
+
+  // The ModelConfig fields besides the tensor shapes that change what the model computes
+  // (heads, eps, rope_theta, router settings): what a weights file's config must agree on.
+  static std::vector<std::string_view> config_fields() {
+    std::vector<std::string_view> fields;
+    for (auto part : {policy_config_fields<attention>(), policy_config_fields<ffn>(),
+                      policy_config_fields<norm>(), policy_config_fields<final_norm>()})
+      for (std::string_view f : part)
+        if (std::find(fields.begin(), fields.end(), f) == fields.end()) fields.push_back(f);
+    return fields;
+  }
 
   static std::string name() {
     return std::string(attention::name) + "+" + ffn::name + "+" + norm::name + "+" +

@@ -64,7 +64,7 @@ class Trainer {
   // weight changes: the weights and optimizer state stay those of the last optimizer step, and
   // the batches of the current accumulation group are dropped (gradients zeroed, the batch
   // count back at the group's start; a GLM4 router's load counts of them stay), so a caller
-  // may lower the learning rate or skip data and step on.
+  // may skip the data and step on, or stop with the model of the last good step.
   TrainStep step(const Tokens& inputs, const Tokens& targets) {
     model_.train(true);
     TrainStep out;

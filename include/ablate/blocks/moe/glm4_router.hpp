@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstddef>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ablate/blocks/moe/router.hpp"
@@ -131,6 +132,9 @@ struct Glm4Router {
   template <class B>
   using Block = Glm4RouterBlock<B>;
   static constexpr const char* name = "glm4";
+  static std::vector<std::string_view> config_fields() {
+    return {"n_group", "topk_group", "norm_topk_prob", "routed_scaling_factor"};
+  }
   template <class B>
   static Block<B> make(ParameterStore<B>& store, Initializer& init, const std::string& prefix,
                        const ModelConfig& cfg, std::size_t experts, std::size_t k) {

@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -235,6 +236,7 @@ struct MoE {
 
   static constexpr detail::MoEName name_text = detail::make_moe_name<E, K, Router, Experts, Shared>();
   static constexpr const char* name = name_text.text;
+  static std::vector<std::string_view> config_fields() { return policy_config_fields<Router>(); }
 
   template <class B>
   static Block<B> make(ParameterStore<B>& store, Initializer& init, const std::string& name,

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ablate/blocks/moe/router.hpp"
@@ -97,6 +98,7 @@ struct SoftmaxTopKRouter {
   template <class B>
   using Block = SoftmaxTopKRouterBlock<B>;
   static constexpr const char* name = "softmax";
+  static std::vector<std::string_view> config_fields() { return {"norm_topk_prob"}; }
   template <class B>
   static Block<B> make(ParameterStore<B>& store, Initializer& init, const std::string& prefix,
                        const ModelConfig& cfg, std::size_t experts, std::size_t k) {
