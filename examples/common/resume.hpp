@@ -171,25 +171,19 @@ inline double run_number(const ablate::io::SafetensorsReader& r, const char* key
   return v;
 }
 
-inline std::uint64_t run_count(const ablate::io::SafetensorsReader& r, const char* key) {
-  const std::string& text = run_value(r, key);
-  std::uint64_t v = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size())
-    throw std::runtime_error(r.source() + ": " + key + " is not a count: '" + text + "'");
-  return v;
-}
-
 }  // namespace detail
 
-// Which run `file` is a checkpoint of; throws for a file that is not one.
-inline CheckpointRun checkpoint_run(const std::filesystem::path& file) {
-  const auto r = ablate::io::SafetensorsReader::open(file);
+// Which run a checkpoint is of; throws for a file that is not one.
+inline CheckpointRun checkpoint_run(const ablate::io::SafetensorsReader& r) {
+  using ablate::io::detail::metadata_integer;
   CheckpointRun run;
   run.model = detail::run_value(r, run_meta::model);
-  run.seed = detail::run_count(r, run_meta::seed);
-  run.batch = detail::run_count(r, run_meta::batch);
+  run.seed = metadata_integer<std::uint64_t>(r, run_meta::seed);
+  run.batch = metadata_integer<std::size_t>(r, run_meta::batch);
   return run;
+}
+inline CheckpointRun checkpoint_run(const std::filesystem::path& file) {
+  return checkpoint_run(ablate::io::SafetensorsReader::open(file));
 }
 
 // Restores model, trainer and the run's measurements from the checkpoint of (model, seed).
@@ -197,7 +191,7 @@ template <class Model, class Trainer>
 RunProgress load_run_checkpoint(const std::filesystem::path& file, Model& model, Trainer& trainer,
                                 const std::string& model_name, std::uint64_t seed) {
   const auto r = ablate::io::SafetensorsReader::open(file);
-  const CheckpointRun run = checkpoint_run(file);
+  const CheckpointRun run = checkpoint_run(r);
   if (run.model != model_name || run.seed != seed)
     throw std::runtime_error(file.string() + " holds " + run.model + " seed " +
                              std::to_string(run.seed) + ", not " + model_name + " seed " +
@@ -212,7 +206,7 @@ RunProgress load_run_checkpoint(const std::filesystem::path& file, Model& model,
   at.train_time_s = detail::run_number(r, run_meta::train_time_s);
   at.eval_time_s = detail::run_number(r, run_meta::eval_time_s);
   at.loss_sum = detail::run_number(r, run_meta::loss_sum);
-  at.loss_count = detail::run_count(r, run_meta::loss_count);
+  at.loss_count = ablate::io::detail::metadata_integer<std::size_t>(r, run_meta::loss_count);
   at.recent_loss = detail::run_number(r, run_meta::recent_loss);
   ablate::io::load_checkpoint(file, model, trainer);
   if (trainer.batches() != at.batch)
