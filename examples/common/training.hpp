@@ -112,6 +112,15 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
                                 progress_metadata(plan.model, seed, at));
     last_checkpoint = Clock::now();
   };
+  // An evaluation point after batch b, before its figures.
+  auto point_after = [&](std::size_t b) {
+    EvalPoint point;
+    point.batch = b;
+    point.optimizer_steps = trainer.optimizer_steps();
+    point.tokens_seen = b * tokens_per_batch;
+    point.train_time_s = at.train_time_s;
+    return point;
+  };
   ablate::Tokens inputs, targets;
   std::string diverged;
   progress.begin(plan.label, plan.steps, at.batch);
@@ -124,12 +133,7 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
       step = trainer.step(inputs, targets);
     } catch (const ablate::non_finite_error& e) {
       diverged = e.what();
-      EvalPoint point;  // the batch it diverged at, with no figures
-      point.batch = b;
-      point.optimizer_steps = trainer.optimizer_steps();
-      point.tokens_seen = b * tokens_per_batch;
-      point.train_time_s = at.train_time_s;
-      at.curve.push_back(point);
+      at.curve.push_back(point_after(b));  // the batch it diverged at, with no figures
       break;
     }
     // A device backend may still be running the step's backward: the next step's loss read-back
@@ -146,11 +150,7 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
 
     if (evaluate) {
       const auto e0 = Clock::now();
-      EvalPoint point;
-      point.batch = b;
-      point.optimizer_steps = trainer.optimizer_steps();
-      point.tokens_seen = b * tokens_per_batch;
-      point.train_time_s = at.train_time_s;
+      EvalPoint point = point_after(b);
       point.train_loss = at.loss_sum / static_cast<double>(at.loss_count);
       const auto& windows = last ? plan.eval_final : plan.eval_during;
       point.all_validation = windows.size() == plan.splits->validation.size();
