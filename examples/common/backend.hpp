@@ -51,6 +51,18 @@ inline std::optional<std::string> check_backend(Backend b) {
 #endif
 }
 
+// What results.json records of the CUDA attention kernels (ABLATE_CUDA_ATTENTION: auto, fp32 or
+// tensor_core), nothing for the CPU: the two kernel sets round differently, so a resumed run
+// must keep the choice it started with.
+inline std::optional<std::string> attention_kernels(Backend b) {
+  if (b == Backend::cpu) return std::nullopt;
+#if defined(ABLATE_EXAMPLES_WITH_CUDA)
+  return std::string(ablate::cuda::attention_kernel_name(ablate::cuda::attention_kernel()));
+#else
+  throw std::logic_error("--backend cuda in a build without the CUDA backend");
+#endif
+}
+
 // f.template operator()<B>() with B the backend type of `b`, e.g.
 //   with_backend(b, [&]<class B>() { return train_run<Arch, B>(...); });
 template <class F>

@@ -201,6 +201,8 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
     ablate::TrainConfig train;
     train.total_batches = s.steps;
     train.warmup_divisor = def.warmup_divisor;
+    if (s.muon_lr) train.optimizer.muon_lr = *s.muon_lr;
+    if (s.adamw_lr) train.optimizer.adamw_lr = *s.adamw_lr;
     if (s.steps < train.grad_accumulation)  // what validate() checks, in terms of the flags
       throw usage_error("--steps " + std::to_string(s.steps) + " is fewer than one optimizer step (" +
                         std::to_string(train.grad_accumulation) + " batches of gradient accumulation)");
@@ -227,6 +229,8 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
                                   ? "every Linear normal(0, 0.02)"
                                   : "as the seed: DeepSeek attention and MLPs with PyTorch's "
                                     "default, the rest normal(0, 0.02)");
+    std::printf("learning rates: Muon %g, AdamW %g%s\n", train.optimizer.muon_lr,
+                train.optimizer.adamw_lr, s.muon_lr || s.adamw_lr ? "" : " (the seed's)");
     // Made now, so that a folder that cannot be made fails before any training.
     auto make_folder = [](const std::filesystem::path& dir, const char* what) {
       std::error_code ec;
@@ -249,6 +253,7 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
     doc["machine"] = {{"hardware_threads", std::thread::hardware_concurrency()},
                       {"threads_used", threads}};
     if (gpu) doc["machine"]["gpu"] = *gpu;
+    if (const auto kernels = attention_kernels(s.backend)) doc["machine"]["cuda_attention"] = *kernels;
     doc["config"] = {
         {"hidden_size", p.hidden},
         {"num_attention_heads", p.heads},

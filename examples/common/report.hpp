@@ -49,10 +49,19 @@ inline Stat stat_of(const std::vector<double>& xs) {
   return s;
 }
 
+// A run diverged (RunResult::diverged) has no final figures: the statistics of a model are
+// over its other runs, and the table and results.json say how many diverged.
+inline bool converged(const RunResult& r) { return r.diverged.empty(); }
+inline std::size_t diverged_runs(const ModelResults& m) {
+  return static_cast<std::size_t>(std::count_if(m.runs.begin(), m.runs.end(),
+                                                [](const RunResult& r) { return !converged(r); }));
+}
+
 template <class F>
 Stat stat_over_runs(const ModelResults& m, F field) {
   std::vector<double> xs;
-  for (const RunResult& r : m.runs) xs.push_back(field(r));
+  for (const RunResult& r : m.runs)
+    if (converged(r)) xs.push_back(field(r));
   return stat_of(xs);
 }
 
@@ -76,7 +85,8 @@ inline std::string short_count(std::size_t n) {
   return buf;
 }
 
-// Models that finished at least one run, best mean validation loss first.
+// Models that finished at least one run, best mean validation loss first; those whose every
+// run diverged come last.
 inline std::vector<const ModelResults*> ranking(const std::vector<ModelResults>& results) {
   std::vector<const ModelResults*> ranked;
   for (const auto& m : results)
@@ -94,12 +104,17 @@ inline std::string ranking_table(const std::vector<ModelResults>& results) {
   const auto ranked = ranking(results);
   bool spread = false;
   for (const auto* m : ranked) spread = spread || m->runs.size() > 1;
+  // Figures of a run gone astray (a loss of 1e20, a perplexity of inf) keep the columns
+  // readable: past 1e6 in exponent form, a spread that is not a number left out.
+  auto figure = [](double x, const char* f) {
+    char text[64];
+    std::snprintf(text, sizeof text, std::isfinite(x) && std::fabs(x) >= 1e6 ? "%.3e" : f, x);
+    return std::string(text);
+  };
   auto fmt = [&](const Stat& s, const char* f, double scale) {
-    char a[64], b[64];
-    std::snprintf(a, sizeof a, f, s.mean * scale);
-    if (!spread) return std::string(a);
-    std::snprintf(b, sizeof b, f, s.std * scale);
-    return std::string(a) + " ± " + b;
+    const std::string mean = figure(s.mean * scale, f);
+    if (!spread || !std::isfinite(s.mean) || !std::isfinite(s.std)) return mean;
+    return mean + " ± " + figure(s.std * scale, f);
   };
   auto fmt_time = [&](const Stat& s) {
     std::string t = format_duration(s.mean);
@@ -117,17 +132,24 @@ inline std::string ranking_table(const std::vector<ModelResults>& results) {
   out << line;
   std::size_t rank = 0;
   for (const auto* m : ranked) {
-    const std::string loss = fmt(stat_over_runs(*m, run_loss), "%.4f", 1);
-    const std::string acc = fmt(stat_over_runs(*m, run_accuracy), "%.2f", 100) + "%";
-    const std::string ppl = fmt(stat_over_runs(*m, run_perplexity), "%.2f", 1);
-    const std::string time = fmt_time(stat_over_runs(*m, run_time));
-    // The ± sign is two bytes in UTF-8 but one column on screen.
-    const int extra = spread ? 1 : 0;
-    std::snprintf(line, sizeof line, "%4zu  %-*s  %-*s  %-*s  %-*s  %-*s  %9s  %9s  %zu\n", ++rank,
-                  static_cast<int>(name_w), m->spec->name.c_str(), w + extra, loss.c_str(),
-                  w + 1 + extra, acc.c_str(), w + 2 + extra, ppl.c_str(), (spread ? 15 : 8) + extra,
-                  time.c_str(), short_count(m->params.total).c_str(),
-                  short_count(m->params.active).c_str(), m->runs.size());
+    const std::size_t diverged = diverged_runs(*m);
+    const bool none = diverged == m->runs.size();
+    const std::string loss = none ? "diverged" : fmt(stat_over_runs(*m, run_loss), "%.4f", 1);
+    const std::string acc = none ? "-" : fmt(stat_over_runs(*m, run_accuracy), "%.2f", 100) + "%";
+    const std::string ppl = none ? "-" : fmt(stat_over_runs(*m, run_perplexity), "%.2f", 1);
+    const std::string time = none ? "-" : fmt_time(stat_over_runs(*m, run_time));
+    const std::string seeds = std::to_string(m->runs.size()) +
+                              (diverged > 0 ? " (" + std::to_string(diverged) + " diverged)" : "");
+    // Each cell is padded by its width on screen: the ± sign is two bytes of UTF-8.
+    auto width = [](const std::string& text, int columns) {
+      for (const char c : text) columns += (static_cast<unsigned char>(c) & 0xC0) == 0x80;
+      return columns;
+    };
+    std::snprintf(line, sizeof line, "%4zu  %-*s  %-*s  %-*s  %-*s  %-*s  %9s  %9s  %s\n", ++rank,
+                  static_cast<int>(name_w), m->spec->name.c_str(), width(loss, w), loss.c_str(),
+                  width(acc, w + 1), acc.c_str(), width(ppl, w + 2), ppl.c_str(),
+                  width(time, spread ? 15 : 8), time.c_str(), short_count(m->params.total).c_str(),
+                  short_count(m->params.active).c_str(), seeds.c_str());
     out << line;
   }
   return out.str();
@@ -173,6 +195,7 @@ inline json models_json(const std::vector<ModelResults>& results) {
                           {"val_accuracy", stat_json(stat_over_runs(m, run_accuracy))},
                           {"val_perplexity", stat_json(stat_over_runs(m, run_perplexity))},
                           {"train_time_s", stat_json(stat_over_runs(m, run_time))},
+                          {"diverged_runs", diverged_runs(m)},
                           {"runs", runs}});
   }
   return models;
@@ -204,22 +227,28 @@ inline PlotFiles write_plots(const std::filesystem::path& dir, const std::vector
                              const std::string& title, bool log_y) {
   std::ostringstream dat;
   dat << "# validation loss per model: batch  train_time_s(mean)  val_loss(mean)  val_loss(std)\n";
-  std::vector<std::string> names;
+  std::vector<std::string> names, left_out;
   for (const ModelResults& m : results) {
-    if (m.runs.empty()) continue;
+    std::vector<const RunResult*> runs;  // the runs that did not diverge
+    for (const RunResult& r : m.runs)
+      if (converged(r)) runs.push_back(&r);
+    if (runs.empty()) {
+      if (!m.runs.empty()) left_out.push_back(m.spec->name);
+      continue;
+    }
     names.push_back(m.spec->name);
     dat << "# " << m.spec->name << "\n";
-    std::size_t points = m.runs.front().curve.size();
-    for (const auto& r : m.runs) points = std::min(points, r.curve.size());
+    std::size_t points = runs.front()->curve.size();
+    for (const RunResult* r : runs) points = std::min(points, r->curve.size());
     for (std::size_t i = 0; i < points; ++i) {
       std::vector<double> loss, time;
-      for (const auto& r : m.runs) {
-        loss.push_back(r.curve[i].val_loss);
-        time.push_back(r.curve[i].train_time_s);
+      for (const RunResult* r : runs) {
+        loss.push_back(r->curve[i].val_loss);
+        time.push_back(r->curve[i].train_time_s);
       }
       const Stat l = stat_of(loss), t = stat_of(time);
       char line[160];
-      std::snprintf(line, sizeof line, "%zu %.3f %.6f %.6f\n", m.runs.front().curve[i].batch, t.mean,
+      std::snprintf(line, sizeof line, "%zu %.3f %.6f %.6f\n", runs.front()->curve[i].batch, t.mean,
                     l.mean, l.std);
       dat << line;
     }
@@ -254,11 +283,18 @@ inline PlotFiles write_plots(const std::filesystem::path& dir, const std::vector
   ablate::data::write_file_atomically(dir / "curves.dat", dat.str());
   ablate::data::write_file_atomically(dir / "plot.gp", gp.str());
 
+  // Plots left by an earlier experiment in this folder must not pass for this one's.
+  std::filesystem::remove(dir / "val_loss_vs_step.png");
+  std::filesystem::remove(dir / "val_loss_vs_time.png");
   PlotFiles files;
+  std::string diverged_note;  // the models left out of the plots
+  for (const std::string& name : left_out) diverged_note += (diverged_note.empty() ? "" : ", ") + name;
   if (names.empty()) {
-    files.note = "no finished runs to plot";
+    files.note = left_out.empty() ? "no finished runs to plot"
+                                  : "no plots: every run diverged (" + diverged_note + ")";
     return files;
   }
+  if (!left_out.empty()) diverged_note = " (not plotted, every run diverged: " + diverged_note + ")";
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
     files.note = "gnuplot is not installed, so no PNG plots were made (install it with `apt-get "
                  "install gnuplot-nox`, then run `gnuplot plot.gp` in " + dir.string() + ")";
@@ -273,7 +309,7 @@ inline PlotFiles write_plots(const std::filesystem::path& dir, const std::vector
   std::filesystem::remove(dir / "gnuplot.log");
   files.rendered = true;
   files.note = "plots: " + (dir / "val_loss_vs_step.png").string() + ", " +
-               (dir / "val_loss_vs_time.png").string();
+               (dir / "val_loss_vs_time.png").string() + diverged_note;
   return files;
 }
 

@@ -239,7 +239,8 @@ inline std::size_t finished_runs(const json& results) {
 
 // Throws unless results.json of an unfinished experiment (`previous`) was written by the same
 // experiment as `current` (the document this command line starts): same program, library
-// version, protocol, preset, backend, threads, sizes, schedule, seeds, data and models.
+// version, protocol, preset, backend, threads, GPU and its attention kernels, sizes, schedule,
+// seeds, data and models.
 inline void check_resumable(const json& previous, const json& current, const std::filesystem::path& file) {
   auto differs = [&](const std::string& what, const json& was, const json& now) {
     std::string a = was.dump(), b = now.dump();
@@ -267,6 +268,9 @@ inline void check_resumable(const json& previous, const json& current, const std
   compare("thread count", machine.value("threads_used", json(nullptr)),
           current.at("machine").at("threads_used"));
   compare("GPU", machine.value("gpu", json(nullptr)), current.at("machine").value("gpu", json(nullptr)));
+  compare("CUDA attention kernel choice (ABLATE_CUDA_ATTENTION)",
+          machine.value("cuda_attention", json(nullptr)),
+          current.at("machine").value("cuda_attention", json(nullptr)));
   const json& was = previous.value("models", json::array());
   const json& now = current.at("models");
   json was_names = json::array(), now_names = json::array();

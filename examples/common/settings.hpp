@@ -6,8 +6,10 @@
 #include <CLI/CLI.hpp>
 
 #include <charconv>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <optional>
@@ -43,6 +45,8 @@ inline const char* to_string(ablate::InitScheme i) {
 inline constexpr std::size_t kMaxWidth = std::size_t{1} << 16;   // --hidden
 inline constexpr std::size_t kMaxCount = std::size_t{1} << 20;   // --seq, --batch, ...
 inline constexpr std::size_t kMaxThreads = 1024;
+// --muon-lr, --adamw-lr: any positive rate up to this, far from overflowing a step.
+inline constexpr double kMaxLearningRate = 1e6;
 inline constexpr auto kMaxVocab =
     static_cast<std::size_t>(ablate::data::Gpt2Tokenizer::kMaxVocabSize);
 
@@ -98,6 +102,7 @@ struct Settings {
   bool resume = false;                    // --resume: continue the experiment in out_dir
   std::optional<std::size_t> stop_after;  // --stop-after: training batches in this invocation
   double checkpoint_minutes = 10;         // --checkpoint-every (0: only when stopped)
+  std::optional<double> muon_lr, adamw_lr;  // --muon-lr, --adamw-lr (default: the seed's)
   std::string command_line;
 };
 
@@ -145,6 +150,23 @@ inline std::vector<std::uint64_t> parse_seeds(const std::string& text) {
   }
   if (seeds.empty()) throw usage_error("--seeds: the list is empty");
   return seeds;
+}
+
+// A check for a flag that takes a real number in [low, high] (or (low, high] when low is
+// excluded).  CLI::Range lets "nan" through, as no comparison with NaN is true.
+inline CLI::Validator real_in(double low, double high, bool low_included) {
+  char range[96];
+  std::snprintf(range, sizeof range, "%s%g, %g]", low_included ? "[" : "(", low, high);
+  const std::string text = range;
+  return CLI::Validator(
+      [=](std::string& arg) {
+        double x = NAN;
+        const auto [end, ec] = std::from_chars(arg.data(), arg.data() + arg.size(), x);
+        const bool ok = ec == std::errc() && end == arg.data() + arg.size() && std::isfinite(x) &&
+                        (low_included ? x >= low : x > low) && x <= high;
+        return ok ? std::string() : "must be a number in " + text + ", got " + arg;
+      },
+      "in " + text);
 }
 
 inline std::string shell_quote(const std::string& arg) {
@@ -233,7 +255,19 @@ class CommandLine {
                     "crash (0: only when stopped)")
         ->type_name("MINUTES")
         ->capture_default_str()
-        ->check(CLI::Range(0.0, 1.0e6));
+        ->check(detail::real_in(0, 1.0e6, true));
+    // One learning rate for every architecture is a choice of the protocol, not a fact about
+    // the architectures: these flags let a sweep check that a ranking survives other rates.
+    const CLI::Validator learning_rate = detail::real_in(0, kMaxLearningRate, false);
+    app_.add_option("--muon-lr", muon_lr_,
+                    "peak learning rate of Muon (the hidden matrices; default: the seed's 0.01)")
+        ->type_name("LR")
+        ->check(learning_rate);
+    app_.add_option("--adamw-lr", adamw_lr_,
+                    "peak learning rate of AdamW (embedding, norms, biases, routers; default: the "
+                    "seed's 0.001)")
+        ->type_name("LR")
+        ->check(learning_rate);
     app_.add_flag("--params", params_, "print 'name parameter_count' per model and exit");
     app_.add_flag("--tiny", tiny_, "a tiny model for smoke tests (d 32, 2 heads, 1 layer, seq 16, batch 4)");
     // Every size flag has a range: the parser would otherwise wrap "-1" to 2^64 - 1.
@@ -340,7 +374,8 @@ class CommandLine {
         throw usage_error("--evaluate FILE needs --models NAME: the one model (architecture) the "
                           "file holds");
       for (const char* flag : {"--out", "--steps", "--seeds", "--init", "--eval-every",
-                               "--eval-windows", "--resume", "--stop-after", "--checkpoint-every"})
+                               "--eval-windows", "--resume", "--stop-after", "--checkpoint-every",
+                               "--muon-lr", "--adamw-lr"})
         if (app_.count(flag) > 0)
           throw usage_error(std::string("--evaluate trains nothing and writes no results, so ") +
                             flag + " does not apply");
@@ -351,12 +386,14 @@ class CommandLine {
       s.save_dir = fs::path(save_models_);
     }
     if (params_)
-      for (const char* flag : {"--resume", "--stop-after", "--checkpoint-every"})
+      for (const char* flag : {"--resume", "--stop-after", "--checkpoint-every", "--muon-lr", "--adamw-lr"})
         if (app_.count(flag) > 0)
           throw usage_error(std::string("--params trains nothing, so ") + flag + " does not apply");
     s.resume = resume_;
     if (app_.count("--stop-after") > 0) s.stop_after = stop_after_;
     s.checkpoint_minutes = checkpoint_minutes_;
+    if (app_.count("--muon-lr") > 0) s.muon_lr = muon_lr_;
+    if (app_.count("--adamw-lr") > 0) s.adamw_lr = adamw_lr_;
     if (params_) {
       if (!vocab_.empty()) {
         const auto v = detail::parse_uint(vocab_);
@@ -390,6 +427,7 @@ class CommandLine {
   bool params_ = false, tiny_ = false, resume_ = false;
   std::size_t stop_after_ = 0;
   double checkpoint_minutes_ = 10;
+  double muon_lr_ = 0, adamw_lr_ = 0;
   std::size_t hidden_ = 0, heads_ = 0, layers_ = 0, seq_ = 0, batch_ = 0;
   std::size_t eval_every_ = 0, eval_windows_ = 0, compact_vocab_ = 0, threads_ = 0;
   std::uint64_t split_seed_ = 0;

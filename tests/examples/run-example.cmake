@@ -3,14 +3,16 @@
 #   cmake -DMODE=<train|resume|stopped|fail|params|evaluate> -DPROGRAM=<exe> -DARGS=<a|b|...>
 #         [-DOUT=<dir>] [-DEXPECT=<regex|regex...>] [-DMODELS=<name|name...>] [-DSEEDS=<n>]
 #         [-DPROTOCOL=<p>] [-DFILES=<path|path...>] [-DBACKEND=<cpu|cuda>] [-DSTOPS=<n|n...>]
-#         [-DGNUPLOT=<path or empty>] -P run-example.cmake
+#         [-DDIVERGED=<n>] [-DGNUPLOT=<path or empty>] -P run-example.cmake
 #
 #   train     exit 0; OUT/results.json parses and holds, for each of MODELS in order, SEEDS runs
 #             with finite validation figures and a curve; curves.dat and plot.gp exist, and the
 #             PNG plots too when GNUPLOT names a gnuplot.  FILES (paths under OUT) exist, and
 #             their folders hold nothing else (no temporary files left behind); when FILES are
 #             given, every run of results.json names one of them as its model_file.
-#             results.json's backend is BACKEND (default cpu).
+#             results.json's backend is BACKEND (default cpu).  DIVERGED runs in all (default
+#             0) must have diverged instead: recorded with their reason, no final figures, the
+#             model's diverged_runs counting them, and the ranking table saying so.
 #   resume    the run of train mode, made in pieces: with --stop-after N for each N of STOPS
 #             (each exits 75 and leaves an unfinished results.json), then --resume to the end;
 #             then the train checks, and every run's figures and curve (times aside) must equal
@@ -206,7 +208,8 @@ foreach(file IN ITEMS results.json curves.dat plot.gp)
     fail_test("${OUT}/${file} was not written")
   endif()
 endforeach()
-if(GNUPLOT)
+# (when every run diverged there is nothing to plot, and the program says so)
+if(GNUPLOT AND NOT stdout MATCHES "\nno plots: every run diverged \\(")
   foreach(file IN ITEMS val_loss_vs_step.png val_loss_vs_time.png)
     if(NOT EXISTS "${OUT}/${file}")
       fail_test("gnuplot is installed but ${OUT}/${file} was not made")
@@ -249,6 +252,7 @@ if(NOT n_models EQUAL expected_models OR NOT n_ranked EQUAL expected_models)
   fail_test("results.json: ${n_models} models and ${n_ranked} ranked, expected ${expected_models}")
 endif()
 math(EXPR last_model "${n_models} - 1")
+set(diverged_total 0)
 foreach(i RANGE ${last_model})
   list(GET models ${i} want)
   json_get(name "${json}" models ${i} name)
@@ -260,14 +264,45 @@ foreach(i RANGE ${last_model})
   if(NOT total GREATER 0 OR active GREATER total OR NOT active GREATER 0)
     fail_test("results.json: ${name} has ${total} parameters, ${active} active")
   endif()
-  json_get(mean "${json}" models ${i} val_loss mean)
-  require_number("${mean}" "${name}.val_loss.mean")
   string(JSON n_runs LENGTH "${json}" models ${i} runs)
   if(NOT n_runs EQUAL SEEDS)
     fail_test("results.json: ${name} has ${n_runs} runs, expected ${SEEDS}")
   endif()
   math(EXPR last_run "${n_runs} - 1")
+  set(model_diverged 0)
   foreach(r RANGE ${last_run})
+    string(JSON reason ERROR_VARIABLE no_reason GET "${json}" models ${i} runs ${r} diverged)
+    if(no_reason)
+      continue()
+    endif()
+    # A diverged run: its reason, and no final figures (null), at the end of its curve too.
+    math(EXPR model_diverged "${model_diverged} + 1")
+    if(NOT reason MATCHES "non-finite|is (-?nan|inf)")
+      fail_test("results.json: ${name} run ${r} diverged for no stated reason: '${reason}'")
+    endif()
+    string(JSON n_points LENGTH "${json}" models ${i} runs ${r} curve)
+    math(EXPR last_point "${n_points} - 1")
+    foreach(path IN ITEMS "val_loss" "curve;${last_point};val_loss")
+      string(JSON type TYPE "${json}" models ${i} runs ${r} ${path})
+      if(NOT type STREQUAL "NULL")
+        fail_test("results.json: ${name} run ${r} diverged but has a ${path} (${type})")
+      endif()
+    endforeach()
+  endforeach()
+  json_get(counted "${json}" models ${i} diverged_runs)
+  if(NOT counted EQUAL model_diverged)
+    fail_test("results.json: ${name}.diverged_runs is ${counted}, its runs hold ${model_diverged}")
+  endif()
+  math(EXPR diverged_total "${diverged_total} + ${model_diverged}")
+  if(model_diverged LESS n_runs)
+    json_get(mean "${json}" models ${i} val_loss mean)
+    require_number("${mean}" "${name}.val_loss.mean")
+  endif()
+  foreach(r RANGE ${last_run})
+    string(JSON reason ERROR_VARIABLE no_reason GET "${json}" models ${i} runs ${r} diverged)
+    if(NOT no_reason)
+      continue()
+    endif()
     foreach(key IN ITEMS val_loss val_accuracy val_perplexity train_time_s tokens_per_s)
       json_get(value "${json}" models ${i} runs ${r} ${key})
       require_number("${value}" "${name}.runs[${r}].${key}")
@@ -301,6 +336,21 @@ foreach(i RANGE ${last_model})
     endif()
   endforeach()
 endforeach()
+
+if(NOT DIVERGED)
+  set(DIVERGED 0)
+endif()
+if(NOT diverged_total EQUAL DIVERGED)
+  fail_test("results.json: ${diverged_total} run(s) diverged, expected ${DIVERGED}")
+endif()
+# (a resumed experiment reports only the runs of its last piece as they end)
+if(DIVERGED GREATER 0 AND MODE STREQUAL "train" AND
+   NOT stderr MATCHES "diverged at batch [0-9]+ of [0-9]+ \\(recorded without figures\\)")
+  fail_test("stderr does not report the diverged runs")
+endif()
+if(DIVERGED GREATER 0 AND NOT stdout MATCHES "[(][0-9]+ diverged[)]")
+  fail_test("the ranking table does not say which runs diverged")
+endif()
 
 # A resumed experiment: the same figures as without stops, to the digit.
 if(MODE STREQUAL "resume")

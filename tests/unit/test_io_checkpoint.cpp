@@ -217,6 +217,30 @@ TEST_CASE("checkpoint: mismatched models, trainers and files are refused") {
     CHECK(other.parameters().at("norm.weight").value == before);
     CHECK(other_trainer.batches() == 0);
   }
+  SUBCASE("a NaN in an optimizer moment") {
+    const std::string moment = "optimizer.adamw.exp_avg_sq.norm.weight";
+    const auto r = io::SafetensorsReader::open(path);
+    io::SafetensorsWriter w;
+    for (const auto& [k, v] : r.metadata()) w.set_metadata(k, v);
+    for (const auto& info : r.tensors()) {
+      if (info.name != moment) {
+        w.add_raw(info.name, info.dtype, info.shape, r.read_bytes(info));
+        continue;
+      }
+      auto values = r.read<float>(info.name);
+      values.at(5) = NAN;
+      w.add(info.name, info.dtype, info.shape, values);
+    }
+    w.write(dir / "nan.safetensors");
+    M other(cfg, 1);
+    Trainer<M> other_trainer(other, tcfg);
+    const auto before = other.parameters().at("embed_tokens.weight").value;
+    CHECK_THROWS_WITH_AS(io::load_checkpoint(dir / "nan.safetensors", other, other_trainer),
+                         doctest::Contains(("tensor '" + moment + "' element 5 is NaN or infinite").c_str()),
+                         invalid_input);
+    CHECK(other.parameters().at("embed_tokens.weight").value == before);
+    CHECK(other_trainer.batches() == 0);
+  }
   SUBCASE("step counts that no run makes") {
     // The saved file with one metadata value replaced.
     auto with_count = [&](const char* key, const std::string& value) {

@@ -201,6 +201,36 @@ TEST_CASE("weights: mismatched files are rejected before the model changes") {
     CHECK_THROWS_WITH_AS(io::load_weights(b, dir / "i.safetensors"),
                          doctest::Contains("must be floating point"), invalid_input);
   }
+  SUBCASE("a NaN, an infinity, or a double past float's range") {
+    const std::string name = "layers.1.mlp.down_proj.weight";
+    const auto& shape = b.parameters().at(name).shape;
+    const std::size_t n = b.parameters().at(name).numel();
+    auto with_value = [&](const char* file, io::Dtype dtype, std::size_t at, double value) {
+      rewrite(good, dir / file, "", [&](io::SafetensorsWriter& w) {
+        std::vector<double> values(n, 0.25);
+        values[at] = value;
+        w.add(name, dtype, shape, values);
+      });
+      return dir / file;
+    };
+    CHECK_THROWS_WITH_AS(
+        io::load_weights(b, with_value("nan.safetensors", io::Dtype::F32, n - 1, NAN)),
+        doctest::Contains(("nan.safetensors: tensor '" + name + "' element " + std::to_string(n - 1) +
+                           " is NaN or infinite as float (a corrupt file, or a model saved after "
+                           "it diverged)")
+                              .c_str()),
+        invalid_input);
+    CHECK_THROWS_WITH_AS(
+        io::load_weights(b, with_value("inf.safetensors", io::Dtype::BF16, 3, -INFINITY)),
+        doctest::Contains("element 3 is NaN or infinite"), invalid_input);
+    CHECK_THROWS_WITH_AS(
+        io::load_weights(b, with_value("big.safetensors", io::Dtype::F64, 0, 1e300)),
+        doctest::Contains("element 0 is NaN or infinite as float"), invalid_input);
+    // A double model reads 1e300 as it is.
+    Model<DenseArch, CPUBackend<double>> d(cfg, 1);
+    io::load_weights(d, dir / "big.safetensors");
+    CHECK(d.parameters().at(name).value.data()[0] == 1e300);
+  }
   SUBCASE("a plain file without ablate metadata loads") {
     const auto r = io::SafetensorsReader::open(good);
     io::SafetensorsWriter w;

@@ -2,9 +2,11 @@
 // message instead of a crash in release builds.
 #pragma once
 
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace ablate {
@@ -17,10 +19,22 @@ class invalid_input : public std::invalid_argument {
 
 namespace detail {
 
+// A NaN prints as "nan" whatever its sign bit (the C library writes "-nan" for some).
+template <class Part>
+void put(std::ostream& out, Part&& part) {
+  if constexpr (std::is_floating_point_v<std::remove_cvref_t<Part>>) {
+    if (std::isnan(part)) {
+      out << "nan";
+      return;
+    }
+  }
+  out << std::forward<Part>(part);
+}
+
 template <class... Parts>
 std::string concat(Parts&&... parts) {
   std::ostringstream out;
-  (out << ... << std::forward<Parts>(parts));
+  (put(out, std::forward<Parts>(parts)), ...);
   return out.str();
 }
 

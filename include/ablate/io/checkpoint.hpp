@@ -274,6 +274,7 @@ void load_checkpoint(const std::filesystem::path& path, Model<Arch, B>& model,
                        extra.size() == 1 && extra[0].starts_with("trainer.grad.")
                            ? " (gradients saved at an accumulation boundary?)"
                            : ""));
+  detail::require_finite<typename B::Scalar>(r, infos);
   std::vector<std::vector<std::size_t>> load_values;
   for (const std::string& name : loads) load_values.push_back(r.read<std::size_t>(name));
 

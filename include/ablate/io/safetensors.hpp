@@ -899,21 +899,26 @@ class SafetensorsReader {
         throw invalid_input(detail::concat(source_, ": tensor '", info.name, "' has dtype ",
                                            info.dtype, ", which cannot be read as integers"));
     }
-    const std::size_t size = dtype_size(info.dtype);
-    if (file_ == nullptr) {
-      const auto* p =
-          reinterpret_cast<const unsigned char*>(memory_.data()) + data_start_ + info.begin;
-      detail::decode(info.dtype, p, out.size(), out.data(), source_, info.name, 0);
-      return;
-    }
-    const std::size_t chunk = std::max<std::size_t>(1, kChunkBytes / size);
-    std::vector<unsigned char> buffer(std::min(out.size(), chunk) * size);
-    for (std::size_t first = 0; first < out.size(); first += chunk) {
-      const std::size_t count = std::min(chunk, out.size() - first);
-      read_raw(info.begin + first * size, count * size, buffer.data());
-      detail::decode(info.dtype, buffer.data(), count, out.data() + first, source_, info.name,
-                     first);
-    }
+    decode_chunks(info, out.data(), [](std::size_t, std::span<const T>) { return true; });
+  }
+
+  // The index of the first element of a floating-point tensor that is NaN or infinite once
+  // read as T (a finite F64 value past float's range included); none for integer dtypes.
+  // Reads the tensor without keeping it, so a loader can refuse it before changing anything.
+  template <class T>
+  std::optional<std::size_t> first_non_finite(const TensorInfo& info) const {
+    static_assert(std::is_floating_point_v<T>, "first_non_finite: T must be floating point");
+    if (!is_floating_point(info.dtype)) return std::nullopt;
+    std::optional<std::size_t> found;
+    decode_chunks(info, static_cast<T*>(nullptr), [&](std::size_t first, std::span<const T> values) {
+      for (std::size_t i = 0; i < values.size(); ++i)
+        if (!std::isfinite(values[i])) {
+          found = first + i;
+          return false;
+        }
+      return true;
+    });
+    return found;
   }
   template <class T>
   std::vector<T> read(std::string_view name) const {
@@ -934,6 +939,32 @@ class SafetensorsReader {
   static constexpr std::size_t kChunkBytes = std::size_t{1} << 20;
 
   SafetensorsReader() = default;
+
+  // Decodes tensor `info` as T, a chunk at a time, into `out` (the whole tensor) or, when
+  // `out` is null, into a scratch chunk; visit(first index, values) after each chunk returns
+  // false to stop.
+  template <class T, class Visit>
+  void decode_chunks(const TensorInfo& info, T* out, Visit&& visit) const {
+    const std::size_t n = info.numel(), size = dtype_size(info.dtype);
+    const std::size_t chunk = std::max<std::size_t>(1, kChunkBytes / size);
+    std::vector<unsigned char> raw(file_ != nullptr ? std::min(n, chunk) * size : 0);
+    // (not a std::vector, whose bool form has no data())
+    const std::unique_ptr<T[]> scratch(out == nullptr ? new T[std::min(n, chunk)] : nullptr);
+    for (std::size_t first = 0; first < n; first += chunk) {
+      const std::size_t count = std::min(chunk, n - first);
+      const unsigned char* in = nullptr;
+      if (file_ == nullptr) {
+        in = reinterpret_cast<const unsigned char*>(memory_.data()) + data_start_ + info.begin +
+             first * size;
+      } else {
+        read_raw(info.begin + first * size, count * size, raw.data());
+        in = raw.data();
+      }
+      T* values = out != nullptr ? out + first : scratch.get();
+      detail::decode(info.dtype, in, count, values, source_, info.name, first);
+      if (!visit(first, std::span<const T>(values, count))) return;
+    }
+  }
 
   void read_raw(std::size_t offset, std::size_t count, unsigned char* out) const {
     if (count == 0) return;

@@ -13,8 +13,9 @@
 //   ablate.version       the library version that wrote it
 //   ablate.config        the ModelConfig as JSON
 // Loading checks the architecture (when the file names one), then that every tensor of the
-// model is present with its shape and a floating-point dtype and that the file holds nothing
-// else, before anything in the model changes; errors name the file and the tensor.
+// model is present with its shape and a floating-point dtype, that the file holds nothing
+// else and that every value is finite, before anything in the model changes; errors name the
+// file and the tensor.
 //
 // A backend whose tensors are not in host memory (B::host_memory == false, e.g. ablate::CUDA)
 // is saved and loaded through host copies (B::to_host / B::from_host), one tensor at a time.
@@ -198,6 +199,17 @@ void check_slot(const SafetensorsReader& r, const TensorInfo& info, const Tensor
                                "; weights must be floating point"));
 }
 
+// Every value of the tensors is finite as the model's scalar type S: a NaN or an infinity
+// would load, then turn every loss NaN.  A pass over the file before anything changes.
+template <class S>
+void require_finite(const SafetensorsReader& r, const std::vector<const TensorInfo*>& infos) {
+  for (const TensorInfo* info : infos)
+    if (const auto i = r.first_non_finite<S>(*info))
+      throw invalid_input(concat(r.source(), ": tensor '", info->name, "' element ", *i,
+                                 " is NaN or infinite", std::is_same_v<S, float> ? " as float" : "",
+                                 " (a corrupt file, or a model saved after it diverged)"));
+}
+
 }  // namespace detail
 
 // Writes every parameter and buffer of `model` (as `dtype`, by default the backend's own:
@@ -276,6 +288,7 @@ void load_weights(Model<Arch, B>& model, const SafetensorsReader& reader) {
                                        extra.size() == 1 ? "tensor " : "tensors ",
                                        detail::name_list(extra), " (not a parameter or buffer of ",
                                        Model<Arch, B>::architecture_name(), ")"));
+  detail::require_finite<typename B::Scalar>(reader, infos);
   for (std::size_t i = 0; i < slots.size(); ++i)
     detail::read_tensor<B>(reader, *infos[i], *slots[i].tensor, slots[i].count);
 }

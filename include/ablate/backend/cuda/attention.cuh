@@ -458,6 +458,19 @@ inline AttentionKernel parse_attention_kernel(std::string_view name) {
                       std::string(name) + "'");
 }
 
+// The spelling parse_attention_kernel reads back.
+inline const char* attention_kernel_name(AttentionKernel kernel) {
+  switch (kernel) {
+    case AttentionKernel::fp32:
+      return "fp32";
+    case AttentionKernel::tensor_core:
+      return "tensor_core";
+    case AttentionKernel::automatic:
+      break;
+  }
+  return "auto";
+}
+
 // The stored choice (an inline function's static: one per process, not per translation unit).
 // An invalid ABLATE_CUDA_ATTENTION throws from every use, since the static stays uninitialised.
 inline std::atomic<AttentionKernel>& attention_kernel_setting() {
