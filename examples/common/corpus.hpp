@@ -248,10 +248,19 @@ inline PreparedData prepare_data(const Settings& s) {
     info["compact_vocab"] = nullptr;
   }
   info["vocab_size"] = out.vocab_size;
-  char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(vocabulary.value()));
-  out.vocabulary = hex;
+  auto hex = [](const data::Fingerprint& f) {
+    char text[17];
+    std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(f.value()));
+    return std::string(text);
+  };
+  out.vocabulary = hex(vocabulary);
   info["vocabulary_fingerprint"] = out.vocabulary;
+  // The token ids the splits are cut from, documents and all: what --resume compares instead
+  // of the paths the data was read from, so a moved data folder still resumes.
+  data::Fingerprint content;
+  for (const std::uint64_t offset : corpus.offsets) content.add(offset);
+  for (const std::int32_t id : corpus.ids) content.add(static_cast<std::uint64_t>(id));
+  info["corpus_fingerprint"] = hex(content);
 
   if (splits.train.size() < s.preset.batch)
     throw std::runtime_error("the training split has " + std::to_string(splits.train.size()) +

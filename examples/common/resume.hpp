@@ -262,8 +262,18 @@ inline void check_resumable(const json& previous, const json& current, const std
     }
     differs(what, was, now);
   };
-  for (const char* key : {"program", "ablate_version", "protocol", "preset", "backend", "config", "data"})
+  for (const char* key : {"program", "ablate_version", "protocol", "preset", "backend", "config"})
     compare(key, previous.value(key, json(nullptr)), current.at(key));
+  // The data by content, not by where it was read from; results.json files written before the
+  // corpus fingerprint was recorded are compared with their paths.
+  json data_was = previous.value("data", json(nullptr)), data_now = current.at("data");
+  if (data_was.is_object() && data_was.contains("corpus_fingerprint"))
+    for (json* data : {&data_was, &data_now}) {
+      data->erase("text_files");
+      if (data->contains("tokenizer") && data->at("tokenizer").is_object())
+        for (const char* path : {"encoder_json", "vocab_bpe"}) data->at("tokenizer").erase(path);
+    }
+  compare("data", data_was, data_now);
   const json machine = previous.value("machine", json::object());
   compare("thread count", machine.value("threads_used", json(nullptr)),
           current.at("machine").at("threads_used"));

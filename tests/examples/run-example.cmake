@@ -3,7 +3,8 @@
 #   cmake -DMODE=<train|resume|stopped|fail|params|evaluate> -DPROGRAM=<exe> -DARGS=<a|b|...>
 #         [-DOUT=<dir>] [-DEXPECT=<regex|regex...>] [-DMODELS=<name|name...>] [-DSEEDS=<n>]
 #         [-DPROTOCOL=<p>] [-DFILES=<path|path...>] [-DBACKEND=<cpu|cuda>] [-DSTOPS=<n|n...>]
-#         [-DDIVERGED=<n>] [-DGNUPLOT=<path or empty>] -P run-example.cmake
+#         [-DDIVERGED=<n>] [-DRESUME_ARGS=<a|b|...>] [-DGNUPLOT=<path or empty>]
+#         -P run-example.cmake
 #
 #   train     exit 0; OUT/results.json parses and holds, for each of MODELS in order, SEEDS runs
 #             with finite validation figures and a curve; curves.dat and plot.gp exist, and the
@@ -16,7 +17,8 @@
 #   resume    the run of train mode, made in pieces: with --stop-after N for each N of STOPS
 #             (each exits 75 and leaves an unfinished results.json), then --resume to the end;
 #             then the train checks, and every run's figures and curve (times aside) must equal
-#             those of the same run made without stopping, in OUT-whole.
+#             those of the same run made without stopping, in OUT-whole.  RESUME_ARGS are
+#             added to every --resume invocation.
 #   stopped   with --stop-after (in ARGS): exit 75, an unfinished results.json and a
 #             checkpoint in OUT (a fixture for tests of --resume).
 #   fail      exit status not 0, stderr matches every EXPECT regex, and OUT was never created.
@@ -34,6 +36,7 @@ string(REPLACE "|" ";" expect "${EXPECT}")
 string(REPLACE "|" ";" models "${MODELS}")
 string(REPLACE "|" ";" files "${FILES}")
 string(REPLACE "|" ";" stops "${STOPS}")
+string(REPLACE "|" ";" resume_args "${RESUME_ARGS}")
 
 function(fail_test what)
   message(FATAL_ERROR "${what}\n--- exit status: ${rc}\n--- stdout:\n${stdout}\n--- stderr:\n${stderr}")
@@ -84,9 +87,9 @@ if(MODE STREQUAL "resume")
       RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
     require_stopped()
     require_resumed()
-    set(resume --resume)
+    set(resume --resume ${resume_args})
   endforeach()
-  list(APPEND args --resume)
+  list(APPEND args --resume ${resume_args})
 endif()
 if(OUT)
   list(APPEND args --out "${OUT}")
