@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
@@ -13,6 +14,8 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <system_error>
+#include <utility>
 #include <vector>
 
 #include <ablate/data/file_io.hpp>
@@ -85,18 +88,27 @@ inline std::string short_count(std::size_t n) {
   return buf;
 }
 
-// Models that finished at least one run, best mean validation loss first; those whose every
-// run diverged come last.
+// Models that finished at least one run, best mean validation loss first; then those whose
+// mean is not a number (an evaluation that overflowed), then those whose every run diverged.
 inline std::vector<const ModelResults*> ranking(const std::vector<ModelResults>& results) {
   std::vector<const ModelResults*> ranked;
   for (const auto& m : results)
     if (!m.runs.empty()) ranked.push_back(&m);
-  std::stable_sort(ranked.begin(), ranked.end(), [](const ModelResults* a, const ModelResults* b) {
-    const double la = stat_over_runs(*a, run_loss).mean, lb = stat_over_runs(*b, run_loss).mean;
-    if (std::isnan(la) != std::isnan(lb)) return std::isnan(lb);
-    return la < lb;
-  });
+  auto key = [](const ModelResults* m) {
+    const double loss = stat_over_runs(*m, run_loss).mean;
+    const int group = diverged_runs(*m) == m->runs.size() ? 2 : std::isfinite(loss) ? 0 : 1;
+    return std::pair(group, group == 0 ? loss : 0.0);
+  };
+  std::stable_sort(ranked.begin(), ranked.end(),
+                   [&](const ModelResults* a, const ModelResults* b) { return key(a) < key(b); });
   return ranked;
+}
+
+// Columns on screen of UTF-8 text (the ± sign is two bytes).
+inline std::size_t display_width(const std::string& text) {
+  std::size_t columns = 0;
+  for (const char c : text) columns += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return columns;
 }
 
 // The seed's ranking table; with several seeds each figure is mean +- sample std.
@@ -104,9 +116,10 @@ inline std::string ranking_table(const std::vector<ModelResults>& results) {
   const auto ranked = ranking(results);
   bool spread = false;
   for (const auto* m : ranked) spread = spread || m->runs.size() > 1;
-  // Figures of a run gone astray (a loss of 1e20, a perplexity of inf) keep the columns
-  // readable: past 1e6 in exponent form, a spread that is not a number left out.
+  // Figures of a run gone astray (a loss of 1e20, a perplexity of inf) stay short: past 1e6
+  // in exponent form, a spread that is not a number left out, NaN as "nan".
   auto figure = [](double x, const char* f) {
+    if (std::isnan(x)) return std::string("nan");
     char text[64];
     std::snprintf(text, sizeof text, std::isfinite(x) && std::fabs(x) >= 1e6 ? "%.3e" : f, x);
     return std::string(text);
@@ -121,36 +134,38 @@ inline std::string ranking_table(const std::vector<ModelResults>& results) {
     if (spread) t += " ± " + format_duration(s.std);
     return t;
   };
-  std::size_t name_w = 5;
-  for (const auto* m : ranked) name_w = std::max(name_w, m->spec->name.size());
-  const int w = spread ? 17 : 10;
-  std::ostringstream out;
-  char line[512];
-  std::snprintf(line, sizeof line, "%4s  %-*s  %-*s  %-*s  %-*s  %-*s  %9s  %9s  %s\n", "rank",
-                static_cast<int>(name_w), "model", w, "val loss", w + 1, "accuracy", w + 2,
-                "perplexity", spread ? 15 : 8, "train time", "params", "active", "seeds");
-  out << line;
+  using Row = std::array<std::string, 9>;
+  std::vector<Row> rows{{"rank", "model", "val loss", "accuracy", "perplexity", "train time",
+                         "params", "active", "seeds"}};
   std::size_t rank = 0;
   for (const auto* m : ranked) {
     const std::size_t diverged = diverged_runs(*m);
     const bool none = diverged == m->runs.size();
-    const std::string loss = none ? "diverged" : fmt(stat_over_runs(*m, run_loss), "%.4f", 1);
-    const std::string acc = none ? "-" : fmt(stat_over_runs(*m, run_accuracy), "%.2f", 100) + "%";
-    const std::string ppl = none ? "-" : fmt(stat_over_runs(*m, run_perplexity), "%.2f", 1);
-    const std::string time = none ? "-" : fmt_time(stat_over_runs(*m, run_time));
-    const std::string seeds = std::to_string(m->runs.size()) +
-                              (diverged > 0 ? " (" + std::to_string(diverged) + " diverged)" : "");
-    // Each cell is padded by its width on screen: the ± sign is two bytes of UTF-8.
-    auto width = [](const std::string& text, int columns) {
-      for (const char c : text) columns += (static_cast<unsigned char>(c) & 0xC0) == 0x80;
-      return columns;
-    };
-    std::snprintf(line, sizeof line, "%4zu  %-*s  %-*s  %-*s  %-*s  %-*s  %9s  %9s  %s\n", ++rank,
-                  static_cast<int>(name_w), m->spec->name.c_str(), width(loss, w), loss.c_str(),
-                  width(acc, w + 1), acc.c_str(), width(ppl, w + 2), ppl.c_str(),
-                  width(time, spread ? 15 : 8), time.c_str(), short_count(m->params.total).c_str(),
-                  short_count(m->params.active).c_str(), seeds.c_str());
-    out << line;
+    rows.push_back({std::to_string(++rank), m->spec->name,
+                    none ? "diverged" : fmt(stat_over_runs(*m, run_loss), "%.4f", 1),
+                    none ? "-" : fmt(stat_over_runs(*m, run_accuracy), "%.2f", 100) + "%",
+                    none ? "-" : fmt(stat_over_runs(*m, run_perplexity), "%.2f", 1),
+                    none ? "-" : fmt_time(stat_over_runs(*m, run_time)),
+                    short_count(m->params.total), short_count(m->params.active),
+                    std::to_string(m->runs.size()) +
+                        (diverged > 0 ? " (" + std::to_string(diverged) + " diverged)" : "")});
+  }
+  // Each column as wide as its widest cell, at least as wide as a usual table's.
+  const int w = spread ? 17 : 10;
+  std::array<std::size_t, 9> width{4, 5, std::size_t(w), std::size_t(w + 1), std::size_t(w + 2),
+                                   std::size_t(spread ? 15 : 8), 9, 9, 0};
+  for (const Row& row : rows)
+    for (std::size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], display_width(row[c]));
+  constexpr std::array<bool, 9> right{true, false, false, false, false, false, true, true, false};
+  std::ostringstream out;
+  for (const Row& row : rows) {
+    std::string line;
+    for (std::size_t c = 0; c < row.size(); ++c) {
+      const std::string pad(width[c] - display_width(row[c]), ' ');
+      if (c > 0) line += "  ";
+      line += right[c] ? pad + row[c] : row[c] + (c + 1 < row.size() ? pad : "");
+    }
+    out << line << "\n";
   }
   return out.str();
 }
@@ -284,8 +299,9 @@ inline PlotFiles write_plots(const std::filesystem::path& dir, const std::vector
   ablate::data::write_file_atomically(dir / "plot.gp", gp.str());
 
   // Plots left by an earlier experiment in this folder must not pass for this one's.
-  std::filesystem::remove(dir / "val_loss_vs_step.png");
-  std::filesystem::remove(dir / "val_loss_vs_time.png");
+  std::error_code ignored;  // a plot that cannot be removed is left; gnuplot replaces it below
+  std::filesystem::remove(dir / "val_loss_vs_step.png", ignored);
+  std::filesystem::remove(dir / "val_loss_vs_time.png", ignored);
   PlotFiles files;
   std::string diverged_note;  // the models left out of the plots
   for (const std::string& name : left_out) diverged_note += (diverged_note.empty() ? "" : ", ") + name;
@@ -297,13 +313,14 @@ inline PlotFiles write_plots(const std::filesystem::path& dir, const std::vector
   if (!left_out.empty()) diverged_note = " (not plotted, every run diverged: " + diverged_note + ")";
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
     files.note = "gnuplot is not installed, so no PNG plots were made (install it with `apt-get "
-                 "install gnuplot-nox`, then run `gnuplot plot.gp` in " + dir.string() + ")";
+                 "install gnuplot-nox`, then run `gnuplot plot.gp` in " + dir.string() + ")" +
+                 diverged_note;
     return files;
   }
   const std::string cmd = "cd " + shell_single_quote(dir.string()) + " && gnuplot plot.gp >gnuplot.log 2>&1";
   if (std::system(cmd.c_str()) != 0) {
     files.note = "gnuplot failed (see " + (dir / "gnuplot.log").string() +
-                 "); curves.dat and plot.gp are there";
+                 "); curves.dat and plot.gp are there" + diverged_note;
     return files;
   }
   std::filesystem::remove(dir / "gnuplot.log");

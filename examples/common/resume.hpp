@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -251,36 +252,45 @@ inline void check_resumable(const json& previous, const json& current, const std
                              "); resume with the command line that started it (" +
                              previous.value("command_line", std::string("?")) + ")");
   };
-  auto compare = [&](const std::string& what, const json& was, const json& now) {
-    if (was == now) return;
-    if (was.is_object() && now.is_object()) {
-      for (const auto& [key, value] : now.items())
-        if (!was.contains(key) || was.at(key) != value)
-          differs(what + "." + key, was.contains(key) ? was.at(key) : json(nullptr), value);
-      for (const auto& [key, value] : was.items())
-        if (!now.contains(key)) differs(what + "." + key, value, json(nullptr));
-    }
-    differs(what, was, now);
+  // Equal JSON whatever the order of the keys (a results.json another tool rewrote, keys
+  // sorted, resumes); a difference is named down to the innermost key.
+  auto same = [](const json& a, const json& b) {
+    return a == b || nlohmann::json::parse(a.dump()) == nlohmann::json::parse(b.dump());
   };
+  std::function<void(const std::string&, const json&, const json&)> compare =
+      [&](const std::string& what, const json& was, const json& now) {
+        if (same(was, now)) return;
+        if (was.is_object() && now.is_object()) {
+          for (const auto& [key, value] : now.items())
+            compare(what + "." + key, was.contains(key) ? was.at(key) : json(nullptr), value);
+          for (const auto& [key, value] : was.items())
+            if (!now.contains(key)) differs(what + "." + key, value, json(nullptr));
+        }
+        differs(what, was, now);
+      };
   for (const char* key : {"program", "ablate_version", "protocol", "preset", "backend", "config"})
     compare(key, previous.value(key, json(nullptr)), current.at(key));
   // The data by content, not by where it was read from; results.json files written before the
   // corpus fingerprint was recorded are compared with their paths.
   json data_was = previous.value("data", json(nullptr)), data_now = current.at("data");
-  if (data_was.is_object() && data_was.contains("corpus_fingerprint"))
+  if (data_was.is_object() && data_was.contains("corpus_fingerprint")) {
     for (json* data : {&data_was, &data_now}) {
       data->erase("text_files");
       if (data->contains("tokenizer") && data->at("tokenizer").is_object())
         for (const char* path : {"encoder_json", "vocab_bpe"}) data->at("tokenizer").erase(path);
     }
+  } else {
+    data_now.erase("corpus_fingerprint");
+  }
   compare("data", data_was, data_now);
   const json machine = previous.value("machine", json::object());
   compare("thread count", machine.value("threads_used", json(nullptr)),
           current.at("machine").at("threads_used"));
   compare("GPU", machine.value("gpu", json(nullptr)), current.at("machine").value("gpu", json(nullptr)));
-  compare("CUDA attention kernel choice (ABLATE_CUDA_ATTENTION)",
-          machine.value("cuda_attention", json(nullptr)),
-          current.at("machine").value("cuda_attention", json(nullptr)));
+  // (files written before the choice was recorded cannot say it: not compared)
+  if (machine.contains("cuda_attention"))
+    compare("CUDA attention kernel choice (ABLATE_CUDA_ATTENTION)", machine.at("cuda_attention"),
+            current.at("machine").value("cuda_attention", json(nullptr)));
   const json& was = previous.value("models", json::array());
   const json& now = current.at("models");
   json was_names = json::array(), now_names = json::array();

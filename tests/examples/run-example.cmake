@@ -3,7 +3,7 @@
 #   cmake -DMODE=<train|resume|stopped|fail|params|evaluate> -DPROGRAM=<exe> -DARGS=<a|b|...>
 #         [-DOUT=<dir>] [-DEXPECT=<regex|regex...>] [-DMODELS=<name|name...>] [-DSEEDS=<n>]
 #         [-DPROTOCOL=<p>] [-DFILES=<path|path...>] [-DBACKEND=<cpu|cuda>] [-DSTOPS=<n|n...>]
-#         [-DDIVERGED=<n>] [-DRESUME_ARGS=<a|b|...>] [-DGNUPLOT=<path or empty>]
+#         [-DDIVERGED=<n>] [-DRESUME_ARGS=<a|b|...>] [-DOLD_RESULTS=ON] [-DGNUPLOT=<path>]
 #         -P run-example.cmake
 #
 #   train     exit 0; OUT/results.json parses and holds, for each of MODELS in order, SEEDS runs
@@ -18,7 +18,8 @@
 #             (each exits 75 and leaves an unfinished results.json), then --resume to the end;
 #             then the train checks, and every run's figures and curve (times aside) must equal
 #             those of the same run made without stopping, in OUT-whole.  RESUME_ARGS are
-#             added to every --resume invocation.
+#             added to every --resume invocation; with OLD_RESULTS, each stop's results.json
+#             loses data.corpus_fingerprint (as a file from before it was recorded).
 #   stopped   with --stop-after (in ARGS): exit 75, an unfinished results.json and a
 #             checkpoint in OUT (a fixture for tests of --resume).
 #   fail      exit status not 0, stderr matches every EXPECT regex, and OUT was never created.
@@ -87,6 +88,11 @@ if(MODE STREQUAL "resume")
       RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
     require_stopped()
     require_resumed()
+    if(OLD_RESULTS)
+      file(READ "${OUT}/results.json" stopped_json)
+      string(JSON stopped_json REMOVE "${stopped_json}" data corpus_fingerprint)
+      file(WRITE "${OUT}/results.json" "${stopped_json}")
+    endif()
     set(resume --resume ${resume_args})
   endforeach()
   list(APPEND args --resume ${resume_args})

@@ -27,6 +27,8 @@ fail() {
 
 "$@" --out "$out" >"$log/stdout" 2>"$log/stderr" &
 pid=$!
+# However this script ends, the program does not outlive it.
+trap 'kill -KILL "$pid" 2>/dev/null' EXIT
 # The handlers are in place once training has begun: wait for the first progress line.
 tries=0
 until grep -q ': 1/' "$log/stderr" 2>/dev/null; do
@@ -36,6 +38,13 @@ until grep -q ': 1/' "$log/stderr" 2>/dev/null; do
   sleep 0.1
 done
 kill -s "$signal" "$pid"
+# It stops after the batch in progress: a program that ignored the signal would train on.
+tries=0
+while kill -0 "$pid" 2>/dev/null; do
+  tries=$((tries + 1))
+  [ "$tries" -lt 600 ] || fail "still running 60 s after SIG$signal"
+  sleep 0.1
+done
 wait "$pid"
 rc=$?
 [ "$rc" -eq "$want" ] || fail "SIG$signal: exit status $rc, expected $want"

@@ -46,6 +46,24 @@ bool same_tensors(const M& a, const M& b) {
   return true;
 }
 
+// Copies checkpoint `from` to `to` with element `at` of tensor `name` set to `value`.
+void with_value(const std::filesystem::path& from, const std::filesystem::path& to,
+                const std::string& name, std::size_t at, float value) {
+  const auto r = io::SafetensorsReader::open(from);
+  io::SafetensorsWriter w;
+  for (const auto& [k, v] : r.metadata()) w.set_metadata(k, v);
+  for (const auto& info : r.tensors()) {
+    if (info.name != name) {
+      w.add_raw(info.name, info.dtype, info.shape, r.read_bytes(info));
+      continue;
+    }
+    auto values = r.read<float>(info.name);
+    values.at(at) = value;
+    w.add(info.name, info.dtype, info.shape, values);
+  }
+  w.write(to);
+}
+
 }  // namespace
 
 TEST_CASE_TEMPLATE("checkpoint: resume is bit-exact", Arch, DenseArch, MlaArch, MoeArch) {
@@ -219,19 +237,7 @@ TEST_CASE("checkpoint: mismatched models, trainers and files are refused") {
   }
   SUBCASE("a NaN in an optimizer moment") {
     const std::string moment = "optimizer.adamw.exp_avg_sq.norm.weight";
-    const auto r = io::SafetensorsReader::open(path);
-    io::SafetensorsWriter w;
-    for (const auto& [k, v] : r.metadata()) w.set_metadata(k, v);
-    for (const auto& info : r.tensors()) {
-      if (info.name != moment) {
-        w.add_raw(info.name, info.dtype, info.shape, r.read_bytes(info));
-        continue;
-      }
-      auto values = r.read<float>(info.name);
-      values.at(5) = NAN;
-      w.add(info.name, info.dtype, info.shape, values);
-    }
-    w.write(dir / "nan.safetensors");
+    with_value(path, dir / "nan.safetensors", moment, 5, NAN);
     M other(cfg, 1);
     Trainer<M> other_trainer(other, tcfg);
     const auto before = other.parameters().at("embed_tokens.weight").value;
@@ -240,6 +246,19 @@ TEST_CASE("checkpoint: mismatched models, trainers and files are refused") {
                          invalid_input);
     CHECK(other.parameters().at("embed_tokens.weight").value == before);
     CHECK(other_trainer.batches() == 0);
+  }
+  SUBCASE("an infinite gradient inside an accumulation group loads; the group's step refuses it") {
+    train(trainer, 2, 3, losses);  // one batch into the second group
+    const auto mid = dir / "mid.safetensors";
+    io::save_checkpoint(mid, model, trainer);
+    with_value(mid, dir / "inf-grad.safetensors", "trainer.grad.norm.weight", 0, INFINITY);
+    M other(cfg, 1);
+    Trainer<M> other_trainer(other, tcfg);
+    io::load_checkpoint(dir / "inf-grad.safetensors", other, other_trainer);
+    CHECK(other_trainer.batches() == 3);
+    CHECK_THROWS_WITH_AS(other_trainer.step(resume_test::batch(3, 0), resume_test::batch(3, 1)),
+                         doctest::Contains("the gradient norm of optimizer step 2 is inf"),
+                         non_finite_error);
   }
   SUBCASE("step counts that no run makes") {
     // The saved file with one metadata value replaced.

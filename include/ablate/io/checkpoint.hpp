@@ -72,7 +72,8 @@ namespace detail {
 inline std::string adamw_m_name(const std::string& p) { return "optimizer.adamw.exp_avg." + p; }
 inline std::string adamw_v_name(const std::string& p) { return "optimizer.adamw.exp_avg_sq." + p; }
 inline std::string muon_name(const std::string& p) { return "optimizer.muon.momentum_buffer." + p; }
-inline std::string grad_name(const std::string& p) { return "trainer.grad." + p; }
+inline constexpr std::string_view grad_prefix = "trainer.grad.";
+inline std::string grad_name(const std::string& p) { return std::string(grad_prefix) + p; }
 inline std::string pending_load_name(const std::string& router) {
   return "trainer.pending_load." + router;
 }
@@ -271,10 +272,16 @@ void load_checkpoint(const std::filesystem::path& path, Model<Arch, B>& model,
     throw invalid_input(
         detail::concat(src, ": unexpected ", extra.size() == 1 ? "tensor " : "tensors ",
                        detail::name_list(extra), " in a checkpoint of ", M::architecture_name(),
-                       extra.size() == 1 && extra[0].starts_with("trainer.grad.")
+                       extra.size() == 1 && extra[0].starts_with(detail::grad_prefix)
                            ? " (gradients saved at an accumulation boundary?)"
                            : ""));
-  detail::require_finite<typename B::Scalar>(r, infos);
+  // Weights and optimizer state must be finite.  Gradients of an accumulation group in
+  // progress may not be (a finite loss, an overflowing gradient): the Trainer's check at the
+  // group's optimizer step reports them, as it would have without the checkpoint.
+  std::vector<const TensorInfo*> state;
+  for (const TensorInfo* info : infos)
+    if (!info->name.starts_with(detail::grad_prefix)) state.push_back(info);
+  detail::require_finite<typename B::Scalar>(r, state);
   std::vector<std::vector<std::size_t>> load_values;
   for (const std::string& name : loads) load_values.push_back(r.read<std::size_t>(name));
 
