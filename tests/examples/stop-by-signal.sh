@@ -34,7 +34,7 @@ tries=0
 until grep -q ': 1/' "$log/stderr" 2>/dev/null; do
   kill -0 "$pid" 2>/dev/null || fail "the program ended before its first training batch"
   tries=$((tries + 1))
-  [ "$tries" -lt 1200 ] || { kill -KILL "$pid"; fail "no training batch within 120 s"; }
+  [ "$tries" -lt 1200 ] || fail "no training batch within 120 s"
   sleep 0.1
 done
 kill -s "$signal" "$pid"

@@ -55,8 +55,6 @@ struct Fixture {
   }
 };
 
-std::size_t columns(const std::string& text) { return display_width(text); }
-
 }  // namespace
 
 TEST_CASE("report: runs that diverged are counted apart, and their models ranked after") {
@@ -95,10 +93,10 @@ TEST_CASE("report: the table says which runs diverged and keeps its columns alig
   CHECK(lines[4].find("diverged") != std::string::npos);
   CHECK(lines[4].ends_with("  2 (2 diverged)"));
   // Every row's last column (seeds) starts where the header's does.
-  const std::size_t seeds_at = columns(lines[0]) - columns("seeds");
+  const std::size_t seeds_at = display_width(lines[0]) - display_width("seeds");
   const std::vector<std::string> seeds{"2 (1 diverged)", "2", "1", "2 (2 diverged)"};
   for (std::size_t i = 1; i < lines.size(); ++i)
-    CHECK(columns(lines[i]) - columns(seeds[i - 1]) == seeds_at);
+    CHECK(display_width(lines[i]) - display_width(seeds[i - 1]) == seeds_at);
 
   // Figures of a run gone astray (a loss of 1e20, a perplexity of inf) keep the table aligned.
   Fixture wild;
@@ -110,7 +108,7 @@ TEST_CASE("report: the table says which runs diverged and keeps its columns alig
   for (std::string line; std::getline(wild_in, line);) {
     const std::size_t at = line.find(line.starts_with("rank") ? "params" : "1000");
     REQUIRE(at != std::string::npos);
-    before_params.push_back(columns(line.substr(0, at + (line.starts_with("rank") ? 6 : 4))));
+    before_params.push_back(display_width(line.substr(0, at + (line.starts_with("rank") ? 6 : 4))));
   }
   for (const std::size_t end : before_params) CHECK(end == before_params.front());
 }
