@@ -22,6 +22,7 @@
 #endif
 
 #include <ablate/backend/cpu/memory.hpp>
+#include <ablate/data/atomic_file.hpp>
 #include <ablate/version.hpp>
 
 #include "backend.hpp"

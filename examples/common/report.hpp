@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include <ablate/data/file_io.hpp>
+#include <ablate/data/atomic_file.hpp>
 
 #include "models.hpp"
 #include "progress.hpp"

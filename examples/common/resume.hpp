@@ -209,7 +209,7 @@ RunProgress load_run_checkpoint(const std::filesystem::path& file, Model& model,
   at.loss_sum = detail::run_number(r, run_meta::loss_sum);
   at.loss_count = ablate::io::detail::metadata_integer<std::size_t>(r, run_meta::loss_count);
   at.recent_loss = detail::run_number(r, run_meta::recent_loss);
-  ablate::io::load_checkpoint(file, model, trainer);
+  ablate::io::load_checkpoint(r, model, trainer);
   if (trainer.batches() != at.batch)
     throw std::runtime_error(file.string() + ": the trainer has run " +
                              std::to_string(trainer.batches()) + " batches, the run says " +

@@ -13,17 +13,7 @@ signal=$1
 want=$2
 out=$3
 shift 3
-log="$out.log"
-rm -rf "$out" "$log"
-mkdir -p "$log"
-
-fail() {
-  echo "FAILED: $1" >&2
-  for f in "$log"/*; do
-    [ -f "$f" ] && { echo "--- $f:" >&2; cat "$f" >&2; }
-  done
-  exit 1
-}
+. "$(dirname "$0")/script-log.sh"
 
 "$@" --out "$out" >"$log/stdout" 2>"$log/stderr" &
 pid=$!

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <ablate/ablate.hpp>
+#include <ablate/data/file_io.hpp>
 #include <ablate/io/io.hpp>
 #include <ablate/train/trainer.hpp>
 #include <cstring>
@@ -150,7 +151,7 @@ TEST_CASE("checkpoint: the test above would notice missing state") {
   CHECK_FALSE(same_tensors(straight, resumed));
 }
 
-TEST_CASE("checkpoint: mismatched models, trainers and files are refused") {
+TEST_CASE("checkpoint: mismatched models, trainers and files are refused, and a failed save changes nothing") {
   io_test::TempDir dir;
   using M = Model<DenseArch, CPU>;
   const auto cfg = test::small_moe_model_config();
@@ -162,6 +163,28 @@ TEST_CASE("checkpoint: mismatched models, trainers and files are refused") {
   const auto path = dir / "ckpt.safetensors";
   io::save_checkpoint(path, model, trainer);
 
+  SUBCASE("a save that fails on a full disk leaves the previous checkpoint, which loads") {
+    const std::string before = data::read_file(path);
+    M saved(cfg, 1);
+    Trainer<M> saved_trainer(saved, tcfg);
+    io::load_checkpoint(path, saved, saved_trainer);
+    train(trainer, 2, 4, losses);
+    std::string message;
+    {
+      io_test::FileSizeLimit full(before.size() / 2);
+      message = io_test::io_error_of([&] { io::save_checkpoint(path, model, trainer); });
+    }
+    CHECK(message == "cannot write " + path.string() +
+                         ": File too large (the previous file, if any, is unchanged)");
+    CHECK(data::read_file(path) == before);
+    CHECK(dir.listing() == "ckpt.safetensors\n");
+    M resumed(cfg, 9);
+    Trainer<M> resumed_trainer(resumed, tcfg);
+    io::load_checkpoint(path, resumed, resumed_trainer);
+    CHECK(same_tensors(resumed, saved));
+    CHECK_FALSE(same_tensors(resumed, model));
+    CHECK(resumed_trainer.optimizer_steps() == saved_trainer.optimizer_steps());
+  }
   SUBCASE("another architecture: the error names both") {
     using Other = Model<MoeArch, CPU>;
     Other other(cfg, 1);

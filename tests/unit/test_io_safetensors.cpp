@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "ablate/data/atomic_file.hpp"
 #include "ablate/io/safetensors.hpp"
 #include "io_test_util.hpp"
 
@@ -488,6 +489,50 @@ TEST_CASE("safetensors: writes are atomic") {
     w.add_view("big", Dtype::F64, {big.size()}, big.data());
     w.add_view("bad", Dtype::I32, {2}, bad.data());
     CHECK_THROWS_WITH_AS(w.write(target), doctest::Contains("does not fit in I32"), invalid_input);
+    CHECK(ablate::data::read_file(target) == before);
+    CHECK(dir.listing() == "w.safetensors\n");
+  }
+  SUBCASE("a full disk leaves the old file and no temporary, and says why") {
+    const std::vector<float> big(300000, 0.5f);  // 1.2 MB: past the writer's buffer
+    SafetensorsWriter w;
+    w.add_view("big", Dtype::F32, {big.size()}, big.data());
+    const std::string small(5000, 'x');
+    const std::string unchanged = " (the previous file, if any, is unchanged)";
+    std::string streamed, buffered, fresh, again;
+    {
+      io_test::FileSizeLimit full(4096);
+      streamed = io_test::io_error_of([&] { w.write(target); });
+      buffered = io_test::io_error_of([&] { ablate::data::write_file_atomically(target, small); });
+      fresh = io_test::io_error_of([&] { ablate::data::write_file_atomically(dir / "new", small); });
+      ablate::data::write_file_atomically(dir / "fits", small.substr(0, 4096));
+      again = io_test::io_error_of([&] {
+        ablate::data::AtomicFileWriter out(dir / "new");
+        try {
+          out.write(big.data(), sizeof(float) * big.size());
+        } catch (const io_error&) {
+        }
+        out.commit();
+      });
+    }
+    CHECK(streamed == "cannot write " + target.string() + ": File too large" + unchanged);
+    CHECK(buffered == "cannot write " + target.string() + ": File too large" + unchanged);
+    CHECK(fresh == "cannot write " + (dir / "new").string() + ": File too large" + unchanged);
+    CHECK(again == "AtomicFileWriter: " + (dir / "new").string() + ": an earlier write failed");
+    CHECK(ablate::data::read_file(target) == before);
+    CHECK(ablate::data::read_file(dir / "fits") == small.substr(0, 4096));
+    CHECK(dir.listing() == "fits\nw.safetensors\n");
+    w.write(target);  // room again
+    CHECK(SafetensorsReader::open(target).read<float>("big") == big);
+  }
+  SUBCASE("no file descriptor left: the error names the target and the reason") {
+    std::string message;
+    {
+      io_test::ResourceLimit no_files(RLIMIT_NOFILE, 0);
+      message = io_test::io_error_of([&] { ablate::data::write_file_atomically(target, "x"); });
+    }
+    CHECK(message.starts_with("cannot write " + target.string() +
+                              ": cannot create a temporary file beside it (w.safetensors.tmp-"));
+    CHECK(message.ends_with("): Too many open files (the previous file, if any, is unchanged)"));
     CHECK(ablate::data::read_file(target) == before);
     CHECK(dir.listing() == "w.safetensors\n");
   }

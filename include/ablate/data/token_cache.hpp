@@ -23,6 +23,7 @@
 #include <utility>
 
 #include "ablate/core/error.hpp"
+#include "ablate/data/atomic_file.hpp"
 #include "ablate/data/file_io.hpp"
 #include "ablate/data/fingerprint.hpp"
 #include "ablate/data/tokenized_corpus.hpp"

@@ -147,14 +147,15 @@ void save_checkpoint(const std::filesystem::path& path, const Model<Arch, B>& mo
 }
 
 // Restores what save_checkpoint wrote into a model and trainer built with the same
-// architecture, ModelConfig and TrainConfig (the model's own seed does not matter).
+// architecture, ModelConfig and TrainConfig (the model's own seed does not matter).  The
+// reader overload serves a caller that reads the file's metadata first: both come from the
+// one file it opened, even if another process replaces the file in between.
 template <class Arch, class B>
-void load_checkpoint(const std::filesystem::path& path, Model<Arch, B>& model,
+void load_checkpoint(const SafetensorsReader& r, Model<Arch, B>& model,
                      Trainer<Model<Arch, B>>& trainer) {
   using M = Model<Arch, B>;
   using Tensor = typename B::Tensor;
   constexpr Dtype d = native_dtype<B>();
-  const SafetensorsReader r = SafetensorsReader::open(path);
   const std::string& src = r.source();
 
   // What kind of file, and for which model.
@@ -298,6 +299,12 @@ void load_checkpoint(const std::filesystem::path& path, Model<Arch, B>& model,
   model.rng() = RandomStream(rng_seed);
   model.rng().set_counter(rng_counter);
   trainer.set_progress(batches, optimizer_steps);
+}
+
+template <class Arch, class B>
+void load_checkpoint(const std::filesystem::path& path, Model<Arch, B>& model,
+                     Trainer<Model<Arch, B>>& trainer) {
+  load_checkpoint(SafetensorsReader::open(path), model, trainer);
 }
 
 }  // namespace ablate::io

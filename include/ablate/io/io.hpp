@@ -1,7 +1,6 @@
 // Safetensors files, model weights and training checkpoints (needs nlohmann/json).
 #pragma once
 
-#include "ablate/io/atomic_file.hpp"
 #include "ablate/io/checkpoint.hpp"
 #include "ablate/io/config_json.hpp"
 #include "ablate/io/safetensors.hpp"

@@ -49,8 +49,8 @@
 #include <vector>
 
 #include "ablate/core/error.hpp"
+#include "ablate/data/atomic_file.hpp"
 #include "ablate/data/file_io.hpp"
-#include "ablate/io/atomic_file.hpp"
 
 namespace ablate::io {
 
@@ -1101,7 +1101,7 @@ class SafetensorsWriter {
 
   // Writes the file atomically: the target is replaced only once the complete file is on disk.
   void write(const std::filesystem::path& path) const {
-    AtomicFileWriter out(path);
+    data::AtomicFileWriter out(path);
     emit([&](const void* p, std::size_t n) { out.write(p, n); });
     out.commit();
   }
