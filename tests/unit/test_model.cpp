@@ -201,7 +201,9 @@ TEST_CASE("bad input throws std::invalid_argument naming the problem") {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const double inf = std::numeric_limits<double>::infinity();
   check_invalid([&] { Model<Arch, D> m(with([&](ModelConfig& c) { c.rms_norm_eps = nan; }), 0); },
-                "norm eps");
+                "ModelConfig: rms_norm_eps must be a finite number > 0, got nan");
+  check_invalid([&] { Model<Arch, D> m(with([&](ModelConfig& c) { c.layer_norm_eps = -1e-5; }), 0); },
+                "ModelConfig: layer_norm_eps must be a finite number > 0, got -1e-05");
   check_invalid([&] { Model<Arch, D> m(with([&](ModelConfig& c) { c.rope_theta = inf; }), 0); },
                 "rope_theta");
   check_invalid([&] { Model<Arch, D> m(with([&](ModelConfig& c) { c.initializer_range = nan; }), 0); },

@@ -402,6 +402,43 @@ TEST_CASE("train: HybridOptimizer applies base lr times the factor") {
   ablate::HybridOptions inf_lr;
   inf_lr.muon_lr = std::numeric_limits<double>::infinity();
   CHECK_THROWS_WITH_AS(ablate::HybridOptimizer<B>(s1, inf_lr),
-                       doctest::Contains("learning rates must be finite numbers >= 0"),
+                       doctest::Contains("HybridOptimizer: muon_lr must be a finite number >= 0, got inf"),
+                       ablate::invalid_input);
+  ablate::HybridOptions nan_lr;
+  nan_lr.adamw_lr = std::nan("");
+  CHECK_THROWS_WITH_AS(ablate::HybridOptimizer<B>(s1, nan_lr),
+                       doctest::Contains("adamw_lr must be a finite number >= 0, got nan"),
+                       ablate::invalid_input);
+}
+
+TEST_CASE("optimizers: impossible settings are refused") {
+  using B = ablate::CPU;
+  ablate::ParameterStore<B> s;
+  s.add("w", {4, 4}, ParamRole::Matrix);
+  const double inf = std::numeric_limits<double>::infinity();
+  auto adamw_with = [&](auto change) {
+    ablate::AdamWOptions o;
+    change(o);
+    return ablate::AdamW<B>({&s.at("w")}, o);
+  };
+  CHECK_THROWS_WITH_AS(adamw_with([&](auto& o) { o.eps = inf; }),
+                       doctest::Contains("AdamW: eps must be a finite number > 0, got inf"),
+                       ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(adamw_with([&](auto& o) { o.eps = 0; }),
+                       doctest::Contains("AdamW: eps must be a finite number > 0, got 0"),
+                       ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(adamw_with([&](auto& o) { o.weight_decay = inf; }),
+                       doctest::Contains("AdamW: weight_decay must be a finite number >= 0, got inf"),
+                       ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(adamw_with([&](auto& o) { o.weight_decay = std::nan(""); }),
+                       doctest::Contains("weight_decay must be a finite number >= 0, got nan"),
+                       ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(adamw_with([&](auto& o) { o.beta1 = std::nan(""); }),
+                       doctest::Contains("AdamW: beta1 must be in [0, 1)"), ablate::invalid_input);
+  CHECK_THROWS_WITH_AS(adamw_with([&](auto& o) { o.beta2 = 1.0; }),
+                       doctest::Contains("AdamW: beta2 must be in [0, 1)"), ablate::invalid_input);
+  ablate::MuonOptions m;
+  m.momentum = 1.0;
+  CHECK_THROWS_WITH_AS(ablate::Muon<B>({&s.at("w")}, m), doctest::Contains("Muon: momentum"),
                        ablate::invalid_input);
 }

@@ -21,7 +21,7 @@ class LayerNorm {
   LayerNorm(ParameterStore<B>& store, Initializer& init, const std::string& name,
             std::size_t dim, double eps)
       : eps_(eps) {
-    require(std::isfinite(eps) && eps > 0.0, "LayerNorm ", name, ": eps must be a finite number > 0, got ", eps);
+    require_finite_positive(eps, "LayerNorm ", name, ": eps");
     weight_ = &store.add(name + ".weight", {dim}, ParamRole::Norm);
     bias_ = &store.add(name + ".bias", {dim}, ParamRole::Norm);
     init.ones(*weight_);

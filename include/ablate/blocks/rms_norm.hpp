@@ -21,7 +21,7 @@ class RMSNorm {
   RMSNorm(ParameterStore<B>& store, Initializer& init, const std::string& name, std::size_t dim,
           double eps)
       : eps_(eps) {
-    require(std::isfinite(eps) && eps > 0.0, "RMSNorm ", name, ": eps must be a finite number > 0, got ", eps);
+    require_finite_positive(eps, "RMSNorm ", name, ": eps");
     weight_ = &store.add(name + ".weight", {dim}, ParamRole::Norm);
     init.ones(*weight_);
   }

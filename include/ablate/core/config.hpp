@@ -82,13 +82,10 @@ struct ModelConfig {
             "ModelConfig: hidden_dropout must be in [0, 1), got ", hidden_dropout);
     require(attention_dropout >= 0.0 && attention_dropout < 1.0,
             "ModelConfig: attention_dropout must be in [0, 1), got ", attention_dropout);
-    require(std::isfinite(rms_norm_eps) && rms_norm_eps > 0.0 && std::isfinite(layer_norm_eps) &&
-                layer_norm_eps > 0.0,
-            "ModelConfig: norm eps must be finite and > 0");
-    require(std::isfinite(rope_theta) && rope_theta > 0.0,
-            "ModelConfig: rope_theta must be a finite number > 0, got ", rope_theta);
-    require(std::isfinite(initializer_range) && initializer_range >= 0.0,
-            "ModelConfig: initializer_range must be a finite number >= 0, got ", initializer_range);
+    require_finite_positive(rms_norm_eps, "ModelConfig: rms_norm_eps");
+    require_finite_positive(layer_norm_eps, "ModelConfig: layer_norm_eps");
+    require_finite_positive(rope_theta, "ModelConfig: rope_theta");
+    require_finite_non_negative(initializer_range, "ModelConfig: initializer_range");
   }
 };
 

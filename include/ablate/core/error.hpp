@@ -46,4 +46,18 @@ inline void require(bool condition, Parts&&... message) {
   if (!condition) throw invalid_input(detail::concat(std::forward<Parts>(message)...));
 }
 
+// Real-valued settings: require_finite_non_negative(x, "AdamW: eps") throws invalid_input
+// "AdamW: eps must be a finite number >= 0, got nan" unless x is finite and >= 0;
+// require_finite_positive likewise for > 0.  NaN and infinities never pass.
+template <class... What>
+inline void require_finite_non_negative(double value, What&&... what) {
+  require(std::isfinite(value) && value >= 0.0, std::forward<What>(what)...,
+          " must be a finite number >= 0, got ", value);
+}
+template <class... What>
+inline void require_finite_positive(double value, What&&... what) {
+  require(std::isfinite(value) && value > 0.0, std::forward<What>(what)...,
+          " must be a finite number > 0, got ", value);
+}
+
 }  // namespace ablate

@@ -36,8 +36,8 @@ class AdamW : public OptimizerCore<AdamWState<B>, AdamWOptions> {
       : OptimizerCore<State, AdamWOptions>(options) {
     require(options.beta1 >= 0.0 && options.beta1 < 1.0, "AdamW: beta1 must be in [0, 1)");
     require(options.beta2 >= 0.0 && options.beta2 < 1.0, "AdamW: beta2 must be in [0, 1)");
-    require(options.eps > 0.0, "AdamW: eps must be > 0");
-    require(options.weight_decay >= 0.0, "AdamW: weight_decay must be >= 0");
+    require_finite_positive(options.eps, "AdamW: eps");
+    require_finite_non_negative(options.weight_decay, "AdamW: weight_decay");
     this->states_.reserve(params.size());
     for (Parameter<B>* p : params) {
       require(p != nullptr, "AdamW: null parameter");

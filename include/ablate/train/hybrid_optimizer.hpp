@@ -27,10 +27,8 @@ class HybridOptimizer {
 
   HybridOptimizer(const OptimizerGroups<B>& groups, HybridOptions options)
       : options_(options), muon_(groups.muon, options.muon), adamw_(groups.adamw, options.adamw) {
-    require(std::isfinite(options.muon_lr) && options.muon_lr >= 0.0 &&
-                std::isfinite(options.adamw_lr) && options.adamw_lr >= 0.0,
-            "HybridOptimizer: learning rates must be finite numbers >= 0, got Muon ",
-            options.muon_lr, " and AdamW ", options.adamw_lr);
+    require_finite_non_negative(options.muon_lr, "HybridOptimizer: muon_lr");
+    require_finite_non_negative(options.adamw_lr, "HybridOptimizer: adamw_lr");
   }
 
   // Updates every parameter from its .grad; lr_factor comes from the schedule.

@@ -110,12 +110,9 @@ class Glm4RouterBlock : public detail::RouterCore<B> {
     require(cfg.topk_group * (experts / cfg.n_group) >= k, "MoE GLM4 router: the ",
             cfg.topk_group, " kept groups of ", experts / cfg.n_group,
             " experts hold fewer than top_k = ", k, " experts");
-    require(std::isfinite(cfg.router_bias_update_rate) && cfg.router_bias_update_rate >= 0.0,
-            "MoE GLM4 router: router_bias_update_rate must be a finite number >= 0, got ",
-            cfg.router_bias_update_rate);
-    require(std::isfinite(cfg.routed_scaling_factor) && cfg.routed_scaling_factor > 0.0,
-            "MoE GLM4 router: routed_scaling_factor must be a finite number > 0, got ",
-            cfg.routed_scaling_factor);
+    require_finite_non_negative(cfg.router_bias_update_rate,
+                                "MoE GLM4 router: router_bias_update_rate");
+    require_finite_positive(cfg.routed_scaling_factor, "MoE GLM4 router: routed_scaling_factor");
     return experts;
   }
 

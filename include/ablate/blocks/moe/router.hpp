@@ -51,9 +51,7 @@ class RouterCore {
         k_(k),
         gate_(store, init, prefix + ".gate", cfg.hidden_size, experts, /*bias=*/false),
         load_(experts, 0) {
-    require(std::isfinite(cfg.router_aux_loss_coef) && cfg.router_aux_loss_coef >= 0.0,
-            "MoE router: router_aux_loss_coef must be a finite number >= 0, got ",
-            cfg.router_aux_loss_coef);
+    require_finite_non_negative(cfg.router_aux_loss_coef, "MoE router: router_aux_loss_coef");
   }
 
   std::ptrdiff_t E() const { return static_cast<std::ptrdiff_t>(experts_); }

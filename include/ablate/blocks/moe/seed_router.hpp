@@ -27,8 +27,7 @@ class SeedRouterBlock : public detail::RouterCore<B> {
       : Core(store, init, prefix, cfg, experts, k),
         noise_std_(cfg.router_noise_std),
         coef_(cfg.router_aux_loss_coef) {
-    require(std::isfinite(noise_std_) && noise_std_ >= 0.0,
-            "MoE seed router: router_noise_std must be a finite number >= 0, got ", noise_std_);
+    require_finite_non_negative(noise_std_, "MoE seed router: router_noise_std");
   }
 
   void forward(const Tensor& x, const PassContext& ctx) {
