@@ -8,10 +8,18 @@
 // Run: bench_cpu --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
+#include <unistd.h>
+
 #include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <system_error>
 #include <vector>
 
 #include <ablate/backend/cpu/memory.hpp>
+#include <ablate/io/io.hpp>
+#include <ablate/train/trainer.hpp>
 
 #include "block_bench.hpp"
 
@@ -116,6 +124,80 @@ void BM_TrainStep_mlp_512d(benchmark::State& state) {
   set_rates(state, b.flops(1.0, mha_attention_flops(b.cfg.num_hidden_layers)));
 }
 BENCHMARK(BM_TrainStep_mlp_512d)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
+
+// Weights and checkpoints of mlp_512d at the seed's size (38M float parameters: 144 MiB; a
+// checkpoint 2.7 times that with the gradients and optimizer state), in bytes/s of the file,
+// in the system's temporary folder (TMPDIR):
+//   SaveWeights / SaveCheckpoint  the atomic write, fsync included (so disk-bound);
+//   ReadTensors                   every tensor of the weights file read into host buffers,
+//                                 the floor of a load;
+//   LoadWeights / LoadCheckpoint  the whole load: validation, the finiteness pass, the copy.
+// LoadWeights / ReadTensors is the price of the checks.
+template <class Arch>
+struct WeightsBench {
+  TrainStepBench<Arch, CPU> b;
+  Trainer<Model<Arch, CPU>> trainer{b.model, TrainConfig{}};
+  std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                              ("ablate-bench-io-" + std::to_string(::getpid()));
+  std::filesystem::path weights = dir / "w.safetensors", checkpoint = dir / "c.safetensors";
+  std::vector<std::vector<float>> buffers;  // ReadTensors' destination
+  WeightsBench() {
+    io::save_weights(b.model, weights);
+    io::save_checkpoint(checkpoint, b.model, trainer);
+  }
+  ~WeightsBench() {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir, ignored);
+  }
+};
+using WeightsBenchArch = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
+
+// Times `op(bench)`, which returns the file it wrote or read, and reports that file's bytes/s.
+template <class Op>
+void file_benchmark(benchmark::State& state, Op op) {
+  WeightsBench<WeightsBenchArch> w;
+  std::filesystem::path file;
+  for (auto _ : state) file = op(w);
+  state.counters["bytes/s"] = benchmark::Counter(static_cast<double>(std::filesystem::file_size(file)),
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1024);
+}
+
+void BM_SaveWeights_mlp_512d(benchmark::State& state) {
+  file_benchmark(state, [](auto& w) { io::save_weights(w.b.model, w.weights); return w.weights; });
+}
+void BM_ReadTensors_mlp_512d(benchmark::State& state) {
+  file_benchmark(state, [](auto& w) {
+    const auto reader = io::SafetensorsReader::open(w.weights);
+    w.buffers.resize(reader.tensors().size());
+    for (std::size_t i = 0; i < w.buffers.size(); ++i) {
+      w.buffers[i].resize(reader.tensors()[i].numel());
+      reader.read(reader.tensors()[i], std::span<float>(w.buffers[i]));
+    }
+    benchmark::DoNotOptimize(w.buffers.back().data());
+    return w.weights;
+  });
+}
+void BM_LoadWeights_mlp_512d(benchmark::State& state) {
+  file_benchmark(state, [](auto& w) { io::load_weights(w.b.model, w.weights); return w.weights; });
+}
+void BM_SaveCheckpoint_mlp_512d(benchmark::State& state) {
+  file_benchmark(state, [](auto& w) {
+    io::save_checkpoint(w.checkpoint, w.b.model, w.trainer);
+    return w.checkpoint;
+  });
+}
+void BM_LoadCheckpoint_mlp_512d(benchmark::State& state) {
+  file_benchmark(state, [](auto& w) {
+    io::load_checkpoint(w.checkpoint, w.b.model, w.trainer);
+    return w.checkpoint;
+  });
+}
+BENCHMARK(BM_SaveWeights_mlp_512d)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ReadTensors_mlp_512d)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_LoadWeights_mlp_512d)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_SaveCheckpoint_mlp_512d)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_LoadCheckpoint_mlp_512d)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // The fused softmax cross-entropy with its gradient over rows x vocab logits: the quick
 // preset's batch (8 x 64 tokens, compact vocabulary 4096) and the seed's (16 x 256, GPT-2).
