@@ -218,6 +218,24 @@ TEST_CASE("data: split errors") {
   CHECK(!ablate::data::window_fits(1, 399, 400));
   CHECK(!ablate::data::window_fits(0, 0, 0));
 
+  options = SplitOptions{};
+  options.seq = 4;
+  options.separator = -7;
+  CHECK(contains(error_of([&] { make_splits(numbered_corpus(5), options); }),
+                 "the separator token id must be >= 0, got -7"));
+  options.separator.reset();
+
+  // A corpus filled in by hand, its offsets wrong: document() refuses rather than read past
+  // the ids (make_splits validates the whole corpus first).
+  TokenizedCorpus bad;
+  bad.ids.assign(10, 1);
+  bad.offsets = {0, 50};
+  CHECK(contains(error_of([&] { bad.document(0); }),
+                 "document 0 spans ids [0, 50) of 10: the offsets are inconsistent"));
+  bad.offsets = {0, 5, 2};
+  CHECK(contains(error_of([&] { bad.document(1); }), "document 1 spans ids [5, 2) of 10"));
+  CHECK(contains(error_of([&] { make_splits(bad, options); }), "document 1 ends before it starts"));
+
   CHECK(parse_split_protocol("seed") == SplitProtocol::seed);
   CHECK(contains(error_of([] { parse_split_protocol("random"); }), "unknown split protocol \"random\""));
 }

@@ -357,6 +357,10 @@ TEST_CASE("data: Gpt2Tokenizer rejects bad input with clear errors") {
     check_corrupt("{\"a\": 1} x", "unexpected content");
     check_corrupt("{\"a\": -3}", "outside");
     check_corrupt("{\"a\": 99999999}", "outside [0, 16777216)");
+    // One entry with a huge id would make a table of 2^24 slots, 0.5 GB, nearly all empty.
+    check_corrupt("{\"!\": 16777215}", "ids up to 16777215 for only 1 entries: the id table would be mostly empty");
+    // Raw bytes in a key are escaped in the message, not cut off at a NUL.
+    check_corrupt(std::string("{\"a\\u0000b\": 1}"), "key \"a\\x00b\" is not made of GPT-2 byte symbols");
     check_corrupt("{\"\xE2\x82\xAC\": 1}", "not made of GPT-2 byte symbols");
     check_corrupt("{}", "no entries");
     check_corrupt("{\"a\xFF\": 1}", "not valid UTF-8");

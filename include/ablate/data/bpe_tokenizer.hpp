@@ -197,14 +197,19 @@ class Gpt2Tokenizer {
     std::int64_t max_id = -1;
     std::string bytes;
     for (const auto& [spelling, id] : entries) {
-      require(id >= 0 && id < kMaxVocabSize, name, ": the id of symbol \"", spelling, "\" is ",
-              id, ", outside [0, ", kMaxVocabSize, ")");
-      require(symbols_to_bytes(spelling, bytes), name, ": key \"", spelling,
-              "\" is not made of GPT-2 byte symbols (is this a GPT-2 encoder.json?)");
+      require(id >= 0 && id < kMaxVocabSize, name, ": the id of symbol ", detail::printable(spelling),
+              " is ", id, ", outside [0, ", kMaxVocabSize, ")");
+      require(symbols_to_bytes(spelling, bytes), name, ": key ", detail::printable(spelling),
+              " is not made of GPT-2 byte symbols (is this a GPT-2 encoder.json?)");
       require(!bytes.empty(), name, ": the empty string is not a valid symbol");
       impl.encoder[bytes] = static_cast<std::int32_t>(id);  // a repeated key: the last counts
       if (id > max_id) max_id = id;
     }
+    // The id -> bytes table has max_id + 1 slots: a few entries with huge ids would make it
+    // mostly empty and absurdly large.  GPT-2's ids are dense (0..50256).
+    require(static_cast<std::uint64_t>(max_id) < 2 * entries.size() + 256, name, ": ids up to ",
+            max_id, " for only ", entries.size(),
+            " entries: the id table would be mostly empty (is this a GPT-2 encoder.json?)");
     impl.decoder.assign(static_cast<std::size_t>(max_id) + 1, std::string());
     impl.known.assign(static_cast<std::size_t>(max_id) + 1, false);
     // Of two symbols with one id, decode() gives the one later in the file.
@@ -245,7 +250,7 @@ class Gpt2Tokenizer {
       require(parts.size() == 2, name, ":", i + 1, ": expected two symbols separated by a space, got ",
               parts.size());
       require(symbols_to_bytes(parts[0], first) && symbols_to_bytes(parts[1], second), name, ":",
-              i + 1, ": the merge \"", line, "\" is not made of GPT-2 byte symbols");
+              i + 1, ": the merge ", detail::printable(line), " is not made of GPT-2 byte symbols");
       key.assign(first).append(",").append(second);
       impl.ranks[key] = static_cast<std::int32_t>(i - 1);  // a repeated merge: the last counts
     }

@@ -231,6 +231,8 @@ inline DataSplits make_splits(const TokenizedCorpus& corpus, const SplitOptions&
   require(options.seq < (std::size_t{1} << 40), "make_splits: seq ", options.seq, " is absurd");
   require(options.validation_fraction > 0.0 && options.validation_fraction < 1.0,
           "make_splits: validation_fraction must lie in (0, 1), got ", options.validation_fraction);
+  require(!options.separator || *options.separator >= 0, "make_splits: the separator token id must be >= 0, got ",
+          options.separator.value_or(0));
   corpus.validate("make_splits: the corpus");
   require(corpus.num_tokens() > 0, "make_splits: the corpus is empty (", corpus.num_documents(),
           " documents, no tokens)");

@@ -23,6 +23,9 @@ struct TokenizedCorpus {
   std::span<const std::int32_t> document(std::size_t d) const {
     require(d < num_documents(), "TokenizedCorpus: document ", d, " out of range (",
             num_documents(), " documents)");
+    require(offsets[d] <= offsets[d + 1] && offsets[d + 1] <= ids.size(), "TokenizedCorpus: document ",
+            d, " spans ids [", offsets[d], ", ", offsets[d + 1], ") of ", ids.size(),
+            ": the offsets are inconsistent (validate() says where)");
     return std::span<const std::int32_t>(ids).subspan(
         static_cast<std::size_t>(offsets[d]), static_cast<std::size_t>(offsets[d + 1] - offsets[d]));
   }
