@@ -12,6 +12,7 @@
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <new>
 #include <optional>
 #include <string>
 #include <thread>
@@ -439,6 +440,13 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
   } catch (const no_device_error& e) {
     std::fprintf(stderr, "%s: error: %s\n", prog.c_str(), e.what());
     return kNoDeviceExitCode;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr,
+                 "%s: error: out of memory: the models or the data of this command line do not "
+                 "fit in this machine's memory (smaller --hidden, --layers, --batch or --seq "
+                 "would)\n",
+                 prog.c_str());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: error: %s\n", prog.c_str(), e.what());
     return 1;

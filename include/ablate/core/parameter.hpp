@@ -8,6 +8,7 @@
 #include <functional>
 #include <numeric>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "ablate/core/error.hpp"
@@ -49,6 +50,7 @@ class ParameterStore {
     require(!shape.empty() && shape.size() <= 2, "parameter ", name, ": rank must be 1 or 2");
     for (std::size_t s : shape) require(s > 0, "parameter ", name, ": zero-sized dimension");
     require(find(name) == nullptr, "parameter ", name, " registered twice");
+    index_.emplace(name, params_.size());
     Param& p = params_.emplace_back();
     p.name = std::move(name);
     p.shape = std::move(shape);
@@ -60,15 +62,14 @@ class ParameterStore {
     return p;
   }
 
+  // By name, through an index: a model of thousands of layers builds in linear time.
   Param* find(const std::string& name) {
-    for (Param& p : params_)
-      if (p.name == name) return &p;
-    return nullptr;
+    const auto it = index_.find(name);
+    return it == index_.end() ? nullptr : &params_[it->second];
   }
   const Param* find(const std::string& name) const {
-    for (const Param& p : params_)
-      if (p.name == name) return &p;
-    return nullptr;
+    const auto it = index_.find(name);
+    return it == index_.end() ? nullptr : &params_[it->second];
   }
   Param& at(const std::string& name) {
     Param* p = find(name);
@@ -93,6 +94,7 @@ class ParameterStore {
 
  private:
   std::deque<Param> params_;
+  std::unordered_map<std::string, std::size_t> index_;  // name -> position in params_
 };
 
 }  // namespace ablate
