@@ -197,8 +197,10 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
 template <class Arch, class B>
 EvalPoint evaluate_saved(const std::filesystem::path& file, const ablate::ModelConfig& cfg,
                          const RunPlan& plan) {
+  const auto reader = ablate::io::SafetensorsReader::open(file);
+  check_config_fits_tensors(reader, cfg);
   ablate::Model<Arch, B> model(cfg, 0);
-  ablate::io::load_weights(model, file);
+  ablate::io::load_weights(model, reader);
   EvalPoint point;
   point.all_validation = plan.eval_final.size() == plan.splits->validation.size();
   detail::evaluate(model, plan.splits->validation, plan.eval_final, plan.batch, point);
