@@ -218,6 +218,7 @@ class CommandLine {
         "(see examples/RESULTS.md).\nProtocols: fixed = causal attention, real MoE layers, "
         "held-out documents, one init for every Linear, several seeds; seed = the seed runs as they "
         "were, flaws included.");
+    const CLI::Validator decimal = detail::decimal_integer();  // every whole-number flag
     // A flag given twice takes its last value, so wrapper scripts can pass defaults first.
     app_.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     app_.add_option("--protocol", protocol_, "fixed (default) or seed")
@@ -236,7 +237,7 @@ class CommandLine {
     app_.add_option("--steps", steps_,
                     "training batches (default: the preset's; the number of evaluations stays "
                     "the preset's unless --eval-every is given)")
-        ->check(detail::decimal_integer())
+        ->check(decimal)
         ->check(CLI::Range(std::size_t{1}, std::size_t{100000000}));
     app_.add_option("--seeds", seeds_,
                     "number of seeds (0..N-1) or a comma-separated list, e.g. 3 or 7,11 or 7, "
@@ -283,7 +284,7 @@ class CommandLine {
                     "leaving a checkpoint for --resume; Ctrl-C (SIGINT) or SIGTERM stop the same "
                     "way after the batch in progress")
         ->type_name("BATCHES")
-        ->check(detail::decimal_integer())
+        ->check(decimal)
         ->check(CLI::Range(std::size_t{1}, std::size_t{100000000}));
     app_.add_option("--checkpoint-every", checkpoint_minutes_,
                     "minutes between checkpoints of the run in progress, for --resume after a "
@@ -307,7 +308,6 @@ class CommandLine {
     app_.add_flag("--tiny", tiny_, "a tiny model for smoke tests (d 32, 2 heads, 1 layer, seq 16, batch 4)");
     // Every size flag has a range: the parser would otherwise wrap "-1" to 2^64 - 1.
     const CLI::Range count(std::size_t{1}, kMaxCount);
-    const CLI::Validator decimal = detail::decimal_integer();
     app_.add_option("--hidden", hidden_, "hidden size (overrides the preset)")
         ->check(decimal)
         ->check(CLI::Range(std::size_t{1}, kMaxWidth));

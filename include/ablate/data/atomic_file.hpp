@@ -106,18 +106,20 @@ class AtomicFileWriter {
       : target_(detail::replaceable_target(target)) {
     temp_ = detail::temporary_for(target_);
     buffer_.reserve(kBufferBytes);  // before the file exists: nothing to clean up if it throws
-    const std::string cannot = "cannot write " + target_.string() +
-                               ": cannot create a temporary file beside it (" +
-                               temp_.filename().string() + ")";
+    auto cannot_create = [&](const std::string& reason) {
+      return io_error("cannot write " + target_.string() +
+                      ": cannot create a temporary file beside it (" + temp_.filename().string() +
+                      ")" + reason + kUnchanged);
+    };
 #if ABLATE_IO_POSIX
     fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd_ < 0) {
       const int err = errno;
-      throw io_error(cannot + ": " + std::strerror(err) + kUnchanged);
+      throw cannot_create(std::string(": ") + std::strerror(err));
     }
 #else
     out_.open(temp_, std::ios::binary | std::ios::trunc);
-    if (!out_) throw io_error(cannot + kUnchanged);
+    if (!out_) throw cannot_create("");
 #endif
     detail::keep_permissions(target_, temp_);
   }
