@@ -43,27 +43,20 @@ concept RoutedMoE = requires {
   FFN::num_experts_per_tok;
 };
 
-// Total and active parameters of Model<Arch> at `cfg`.  Routed expert weights are the
-// parameters named "<layer>.mlp.experts.<e>.*"; a token uses K of the E experts of a layer.
-// The vocabulary enters a model only through its tied [vocab, d] embedding, so the model is
-// built with a vocabulary of 1 and the embedding's other vocab_size - 1 rows are added: the
-// count is exact and --params stays fast at the seed's sizes.
+// Total and active parameters of Model<Arch> at `cfg`, from its parameter layout (no model is
+// allocated, so --params is instant at any size).  Routed expert weights are the parameters
+// named "<layer>.mlp.experts.<e>.*"; a token uses K of the E experts of a layer.
 template <class Arch>
 ParamCounts count_parameters(const ablate::ModelConfig& cfg) {
-  ablate::ModelConfig one = cfg;
-  one.vocab_size = 1;
-  const ablate::Model<Arch, ablate::CPU> model(one, 0);
-  std::size_t routed = 0, per_vocab_id = 0;
-  for (const auto& p : model.parameters()) {
+  std::size_t total = 0, routed = 0;
+  for (const auto& p : ablate::parameter_layout<Arch>(cfg)) {
+    total += p.numel();
     if (p.name.find(".mlp.experts.") != std::string::npos) routed += p.numel();
-    if (p.role == ablate::ParamRole::Embedding) per_vocab_id += p.numel();  // [1, d]
   }
-  ParamCounts counts;
-  counts.total = model.parameter_count() + (cfg.vocab_size - 1) * per_vocab_id;
-  counts.active = counts.total;
+  ParamCounts counts{total, total};
   if constexpr (RoutedMoE<typename Arch::ffn>) {
     constexpr std::size_t E = Arch::ffn::n_routed_experts, K = Arch::ffn::num_experts_per_tok;
-    counts.active = counts.total - routed + routed / E * K;
+    counts.active = total - routed + routed / E * K;
   }
   return counts;
 }

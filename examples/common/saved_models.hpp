@@ -116,35 +116,4 @@ inline SavedModelInfo inspect_saved_model(const std::filesystem::path& file) {
   return info;
 }
 
-// Before a model is built from a saved file's config: the sizes that set most of a model's
-// memory must be those of the file's tensors, so that an edited config (a hidden size of
-// 65536, a million layers) fails here instead of allocating until the machine runs out (the
-// tensors are compared with the model's one by one only once it exists, by load_weights).
-// The embedding gives vocab_size and hidden_size, the tensor names the layer count.
-inline void check_config_fits_tensors(const ablate::io::SafetensorsReader& r,
-                                      const ablate::ModelConfig& cfg) {
-  const std::string file = r.source();
-  const ablate::io::TensorInfo* embed = r.find("embed_tokens.weight");
-  if (embed == nullptr || embed->shape.size() != 2)
-    throw std::runtime_error(file + ": no 2-D embed_tokens.weight, so not a model of this program");
-  if (embed->shape[0] != cfg.vocab_size || embed->shape[1] != cfg.hidden_size)
-    throw std::runtime_error(file + ": its config says vocab_size " + std::to_string(cfg.vocab_size) +
-                             " and hidden_size " + std::to_string(cfg.hidden_size) +
-                             ", its embed_tokens.weight is [" + std::to_string(embed->shape[0]) + ", " +
-                             std::to_string(embed->shape[1]) + "]");
-  std::size_t layers = 0;
-  for (const auto& t : r.tensors()) {
-    const std::string_view name = t.name;
-    if (!name.starts_with("layers.")) continue;
-    std::size_t index = 0;
-    const auto [end, ec] = std::from_chars(name.data() + 7, name.data() + name.size(), index);
-    if (ec == std::errc() && end < name.data() + name.size() && *end == '.')
-      layers = std::max(layers, index + 1);
-  }
-  if (layers != cfg.num_hidden_layers)
-    throw std::runtime_error(file + ": its config says num_hidden_layers " +
-                             std::to_string(cfg.num_hidden_layers) + ", its tensors hold " +
-                             std::to_string(layers) + " layers");
-}
-
 }  // namespace examples

@@ -198,7 +198,7 @@ template <class Arch, class B>
 EvalPoint evaluate_saved(const std::filesystem::path& file, const ablate::ModelConfig& cfg,
                          const RunPlan& plan) {
   const auto reader = ablate::io::SafetensorsReader::open(file);
-  check_config_fits_tensors(reader, cfg);
+  ablate::io::check_weights_fit<Arch>(reader, cfg);  // before a model of an edited config allocates
   ablate::Model<Arch, B> model(cfg, 0);
   ablate::io::load_weights(model, reader);
   EvalPoint point;

@@ -25,3 +25,4 @@
 
 #include "ablate/model/architecture.hpp"
 #include "ablate/model/model.hpp"
+#include "ablate/model/parameter_layout.hpp"

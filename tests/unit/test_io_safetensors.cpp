@@ -287,6 +287,14 @@ TEST_CASE("safetensors: corrupt files are rejected with a message naming the pro
     rejects(file_bytes("{}", "", std::uint64_t{1} << 60), "exceeds the limit of 100000000 bytes");
     rejects(file_bytes("{}", "", UINT64_MAX - 1), "exceeds the limit");
   }
+  SUBCASE("a BOOL byte other than 0 or 1 is refused on reading, as any type") {
+    const auto r = parse(file_bytes(one_tensor("BOOL", "[3]", "[0,3]"), std::string("\x01\x00\x02", 3)));
+    for (auto read : {+[](const SafetensorsReader& f) { (void)f.read<bool>("t"); },
+                      +[](const SafetensorsReader& f) { (void)f.read<int>("t"); },
+                      +[](const SafetensorsReader& f) { (void)f.read<float>("t"); }})
+      CHECK_THROWS_WITH_AS(read(r), doctest::Contains("element 2 is byte 2, not a BOOL (0 or 1)"),
+                           invalid_input);
+  }
   SUBCASE("truncated data") {
     rejects(file_bytes(one_tensor("F32", "[2,3]", "[0,24]"), f32x6.substr(0, 10)),
             "run past the end of the data buffer");

@@ -181,6 +181,37 @@ TEST_CASE("weights: mismatched files are rejected before the model changes") {
           std::vector<std::string_view>{"num_attention_heads", "rope_theta", "n_group", "topk_group",
                                         "norm_topk_prob", "routed_scaling_factor", "rms_norm_eps"});
   }
+  SUBCASE("check_weights_fit: the same checks on a config, before any model is built") {
+    const auto r = io::SafetensorsReader::open(good);
+    io::check_weights_fit<DenseArch>(r, cfg);
+    auto edited = cfg;
+    edited.num_hidden_layers = 1000000;  // a shape-only model would take a while
+    CHECK_THROWS_WITH_AS(io::check_weights_fit<DenseArch>(r, edited),
+                         doctest::Contains("w.safetensors: a config of 1000000 layers for a file of "),
+                         invalid_input);
+    edited.num_hidden_layers = 3;
+    CHECK_THROWS_WITH_AS(io::check_weights_fit<DenseArch>(r, edited),
+                         doctest::Contains("missing tensors 'layers.2."), invalid_input);
+    edited = cfg;
+    edited.hidden_size = 65536;  // 40 GB of model for a file of a few KB
+    edited.num_attention_heads = 4;
+    CHECK_THROWS_WITH_AS(io::check_weights_fit<DenseArch>(r, edited),
+                         doctest::Contains("'embed_tokens.weight' has shape [17, 16] in the file, "
+                                           "the model expects [17, 65536]"),
+                         invalid_input);
+    edited = cfg;
+    edited.intermediate_size = 1 << 30;
+    CHECK_THROWS_WITH_AS(io::check_weights_fit<DenseArch>(r, edited),
+                         doctest::Contains("'layers.0.mlp.gate_proj.weight' has shape [24, 16]"),
+                         invalid_input);
+    edited = cfg;
+    edited.num_attention_heads = 8;
+    CHECK_THROWS_WITH_AS(io::check_weights_fit<DenseArch>(r, edited),
+                         doctest::Contains("num_attention_heads: 4 vs 8"), invalid_input);
+    CHECK_THROWS_WITH_AS(io::check_weights_fit<MlaArch>(r, cfg),
+                         doctest::Contains("cannot be loaded into a model of architecture"),
+                         invalid_input);
+  }
   SUBCASE("training-only settings, and fields the architecture does not read, may differ") {
     auto eval = cfg;
     eval.layer_norm_eps = 0.5;  // an RMSNorm model

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include <ablate/ablate.hpp>
+#include <ablate/model/parameter_layout.hpp>
 
 #include <string>
 
@@ -74,6 +75,47 @@ TEST_CASE("parameter count of the seed's attention_mlp_512d at vocab 49152 is 36
   cfg.attention_bias = true;  // DeepSeek attention with attention_bias = true
   Model<Architecture<Attention<MLA>, FFN<GatedMLP>, Norm<RMS>>, CPU> model(cfg, 0);
   CHECK(model.parameter_count() == 36'281'024);
+}
+
+TEST_CASE_TEMPLATE("a model's parameter layout lists what the model registers, in its order",
+                   Arch, Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>,
+                   Architecture<Attention<MLA>, FFN<Glm4MoE<4, 2>>, Norm<RMS>>,
+                   Architecture<Attention<PlainMHA>, FFN<Exp5GatedMoE<4, 2>>, Norm<LN>, Placement<PostNorm>>,
+                   Architecture<Attention<NonCausalMLA>, FFN<SeedMoE<4, 2>>, Norm<LN>>) {
+  const auto cfg = test::small_moe_model_config();
+  const Model<Arch, D> model(cfg, 0);
+  const auto layout = parameter_layout<Arch>(cfg);
+  REQUIRE(layout.size() == model.parameters().size());
+  std::size_t i = 0, total = 0;
+  for (const auto& p : model.parameters()) {
+    CAPTURE(p.name);
+    CHECK(layout[i].name == p.name);
+    CHECK(layout[i].shape == p.shape);
+    CHECK(layout[i].role == p.role);
+    total += layout[i++].numel();
+  }
+  CHECK(total == model.parameter_count());
+  // A config the model refuses, the layout refuses with the same message.
+  auto bad = cfg;
+  bad.num_attention_heads = 3;
+  CHECK_THROWS_WITH_AS(parameter_layout<Arch>(bad), doctest::Contains("not divisible by num_attention_heads"),
+                       invalid_input);
+}
+
+TEST_CASE("a parameter layout holds no elements: a model of 10^12 parameters lays out at once") {
+  using Arch = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
+  ModelConfig cfg;
+  cfg.vocab_size = 1000;
+  cfg.hidden_size = 65536;
+  cfg.num_attention_heads = 64;
+  cfg.num_hidden_layers = 16;
+  cfg.intermediate_size = 4 * 65536;
+  std::size_t total = 0;
+  for (const auto& p : parameter_layout<Arch>(cfg)) total += p.numel();
+  // embedding + per layer: two norms, qkv and o projections, gate, up and down; final norm.
+  const std::size_t d = 65536, f = 4 * 65536;
+  CHECK(total == 1000 * d + 16 * (2 * d + 4 * d * d + 3 * d * f) + d);
+  CHECK(total > std::size_t{1} << 40);
 }
 
 TEST_CASE("HF-style parameter names") {

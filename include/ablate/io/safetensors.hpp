@@ -230,7 +230,7 @@ inline void store_le(unsigned char* p, std::uint64_t v, std::size_t n) {
 inline double element_as_double(Dtype d, const unsigned char* p) {
   switch (d) {
     case Dtype::BOOL:
-      return p[0] != 0 ? 1.0 : 0.0;
+      return static_cast<double>(p[0]);  // 0 or 1: decode() refuses other bytes
     case Dtype::U8:
       return static_cast<double>(p[0]);
     case Dtype::I8:
@@ -281,7 +281,7 @@ inline IntegerElement element_as_integer(Dtype d, const unsigned char* p) {
     case Dtype::I64:
       return {true, static_cast<std::int64_t>(load_le(p, 8)), 0};
     case Dtype::BOOL:
-      return {false, 0, p[0] != 0 ? 1u : 0u};
+      return {false, 0, p[0]};  // 0 or 1: decode() refuses other bytes
     default:
       return {false, 0, load_le(p, dtype_size(d))};
   }
@@ -406,6 +406,14 @@ template <class T>
 void decode(Dtype d, const unsigned char* in, std::size_t count, T* out, std::string_view source,
             std::string_view name, std::size_t first_index) {
   const std::size_t size = dtype_size(d);
+  // A BOOL byte other than 0 or 1 is corruption, not a "true" to guess at.
+  if (d == Dtype::BOOL) {
+    for (std::size_t i = 0; i < count; ++i)
+      if (in[i] > 1)
+        throw invalid_input(detail::concat(source, ": tensor '", name, "': element ",
+                                           first_index + i, " is byte ", +in[i],
+                                           ", not a BOOL (0 or 1)"));
+  }
   if constexpr (std::is_floating_point_v<T>) {
     if constexpr (std::endian::native == std::endian::little) {
       if ((d == Dtype::F32 && std::is_same_v<T, float>) ||

@@ -38,6 +38,7 @@
 #include "ablate/io/config_json.hpp"
 #include "ablate/io/safetensors.hpp"
 #include "ablate/model/model.hpp"
+#include "ablate/model/parameter_layout.hpp"
 #include "ablate/version.hpp"
 
 namespace ablate::io {
@@ -241,27 +242,31 @@ inline ModelConfig read_model_config(const SafetensorsReader& reader) {
     throw invalid_input(detail::concat(reader.source(), ": ", e.what()));
   }
 }
-// Loads every parameter and buffer of `model` from `reader` (a weights file, or the weights of
-// a training checkpoint), converting from the stored floating-point dtype.
-template <class Arch, class B>
-void load_weights(Model<Arch, B>& model, const SafetensorsReader& reader) {
+namespace detail {
+
+// What load_weights checks before it changes the model: the file's kind, architecture and
+// config, then that it holds every slot's tensor with its shape and a floating-point dtype and
+// nothing else (a checkpoint's training state aside).  The file's tensor for every slot.
+template <class Arch, class B, class T>
+std::vector<const TensorInfo*> checked_tensors(const Model<Arch, B>& model,
+                                               const std::vector<TensorSlot<T>>& slots,
+                                               const SafetensorsReader& reader) {
   const std::string* kind = reader.metadata_value(meta::kind);
   require(kind == nullptr || *kind == "weights" || *kind == "checkpoint", reader.source(),
           ": unknown ablate.kind '", kind ? *kind : "", "'");
   const bool checkpoint = kind != nullptr && *kind == "checkpoint";
-  detail::check_architecture(reader, Model<Arch, B>::architecture_name(),
-                             checkpoint ? "a checkpoint" : "weights");
+  check_architecture(reader, Model<Arch, B>::architecture_name(),
+                     checkpoint ? "a checkpoint" : "weights");
   // Same shapes do not make the same function (heads, eps, rope_theta, ...): a file that
   // records its ModelConfig must agree with the model's on the fields the architecture reads.
   if (reader.metadata_value(meta::config) != nullptr)
-    if (const auto diff = config_differences(read_model_config(reader), model.config(),
-                                             Arch::config_fields());
+    if (const auto diff = io::config_differences(read_model_config(reader), model.config(),
+                                                 Arch::config_fields());
         !diff.empty())
-      throw invalid_input(detail::concat(
+      throw invalid_input(concat(
           reader.source(), ": the weights were saved from a model of another ModelConfig (file vs "
-          "model): ", detail::joined(diff), "; build the model from io::read_model_config(file)"));
+          "model): ", joined(diff), "; build the model from io::read_model_config(file)"));
 
-  const auto slots = detail::model_tensors(model);
   std::set<std::string, std::less<>> expected;
   std::vector<std::string> missing;
   std::vector<const TensorInfo*> infos;
@@ -272,25 +277,49 @@ void load_weights(Model<Arch, B>& model, const SafetensorsReader& reader) {
     if (info == nullptr) {
       missing.push_back(slot.name);
     } else {
-      detail::check_slot(reader, *info, slot);
+      check_slot(reader, *info, slot);
     }
   }
   if (!missing.empty())
     throw invalid_input(
-        detail::concat(reader.source(), ": missing ", missing.size() == 1 ? "tensor " : "tensors ",
-                       detail::name_list(missing), " of ", Model<Arch, B>::architecture_name()));
+        concat(reader.source(), ": missing ", missing.size() == 1 ? "tensor " : "tensors ",
+               name_list(missing), " of ", Model<Arch, B>::architecture_name()));
   std::vector<std::string> extra;
   for (const TensorInfo& info : reader.tensors())
     if (expected.count(info.name) == 0 && !(checkpoint && is_training_state_tensor(info.name)))
       extra.push_back(info.name);
   if (!extra.empty())
-    throw invalid_input(detail::concat(reader.source(), ": unexpected ",
-                                       extra.size() == 1 ? "tensor " : "tensors ",
-                                       detail::name_list(extra), " (not a parameter or buffer of ",
-                                       Model<Arch, B>::architecture_name(), ")"));
+    throw invalid_input(concat(reader.source(), ": unexpected ",
+                               extra.size() == 1 ? "tensor " : "tensors ", name_list(extra),
+                               " (not a parameter or buffer of ",
+                               Model<Arch, B>::architecture_name(), ")"));
+  return infos;
+}
+
+}  // namespace detail
+
+// Loads every parameter and buffer of `model` from `reader` (a weights file, or the weights of
+// a training checkpoint), converting from the stored floating-point dtype.
+template <class Arch, class B>
+void load_weights(Model<Arch, B>& model, const SafetensorsReader& reader) {
+  const auto slots = detail::model_tensors(model);
+  const auto infos = detail::checked_tensors(model, slots, reader);
   detail::require_finite<typename B::Scalar>(reader, infos);
   for (std::size_t i = 0; i < slots.size(); ++i)
     detail::read_tensor<B>(reader, *infos[i], *slots[i].tensor, slots[i].count);
+}
+
+// Checks, before a model is built, that `reader` holds the weights of Model<Arch, B> at `cfg`:
+// load_weights' checks, on a model of shapes only (model/parameter_layout.hpp).  A config that
+// does not fit its file, say edited to a hidden size of 65536 or a million layers, fails here
+// naming the tensor that differs, instead of allocating a model that cannot load.
+template <class Arch>
+void check_weights_fit(const SafetensorsReader& reader, const ModelConfig& cfg) {
+  // Every layer has tensors; and a model of shapes with 2^31 layers would still take hours.
+  require(cfg.num_hidden_layers <= reader.size(), reader.source(), ": a config of ",
+          cfg.num_hidden_layers, " layers for a file of ", reader.size(), " tensors");
+  const Model<Arch, ShapeOnlyBackend> shapes(cfg, 0);
+  detail::checked_tensors(shapes, detail::model_tensors(shapes), reader);
 }
 
 template <class Arch, class B>
