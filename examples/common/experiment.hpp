@@ -310,6 +310,20 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
         throw std::runtime_error("cannot resume from " + results_file.string() +
                                  ": a finished run does not read back: " + e.what());
       }
+      // A finished run stands in for the run of its seed: one per seed of --seeds, or a
+      // hand-edited file would skip a run or count one twice.
+      for (const ModelResults& m : results)
+        for (auto run = m.runs.begin(); run != m.runs.end(); ++run) {
+          const std::uint64_t seed = run->seed;
+          const bool listed = std::find(s.seeds.begin(), s.seeds.end(), seed) != s.seeds.end();
+          const bool twice = std::any_of(m.runs.begin(), run, [&](const RunResult& o) { return o.seed == seed; });
+          if (!listed || twice)
+            throw std::runtime_error("cannot resume from " + results_file.string() + ": " +
+                                     m.spec->name + " has a finished run of seed " +
+                                     std::to_string(seed) +
+                                     (listed ? " twice" : ", which --seeds does not list") +
+                                     " (was the file edited?)");
+        }
       doc["started_at"] = previous->value("started_at", json(nullptr));
       doc["command_line"] = previous->value("command_line", s.command_line);
       doc["resumed"] = previous->value("resumed", json::array());
