@@ -123,6 +123,7 @@ inline int evaluate_saved_model(const ExperimentDef& def, const Settings& s) {
                              "'" + info.origin() + ", not the architecture of --models " + spec.name +
                              " under --protocol " + to_string(s.protocol) + " ('" + spec.architecture +
                              "')");
+  spec.check_saved(ablate::io::SafetensorsReader::open(file), info.config);
 
   const std::string on = backend_text(s.backend, check_backend(s.backend));
   const std::size_t threads = set_threads(s.threads);
@@ -301,11 +302,18 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
       if (!previous)
         throw std::runtime_error("--resume: nothing to resume in " + s.out_dir.string() +
                                  " (it has no results.json)");
-      check_resumable(*previous, doc, results_file);
       try {
-        for (std::size_t i = 0; i < results.size(); ++i)
-          for (const json& run : previous->at("models").at(i).at("runs"))
-            results[i].runs.push_back(run_of(run));
+        check_resumable(*previous, doc, results_file);
+      } catch (const json::exception& e) {  // a value of another type than this program writes
+        throw std::runtime_error("cannot resume from " + results_file.string() +
+                                 ": not the results.json of this program (" + e.what() + ")");
+      }
+      try {
+        for (std::size_t i = 0; i < results.size(); ++i) {
+          const json& runs = previous->at("models").at(i).at("runs");
+          if (!runs.is_array()) throw std::runtime_error("the runs of " + models[i].name + " are not a list");
+          for (const json& run : runs) results[i].runs.push_back(run_of(run));
+        }
       } catch (const std::exception& e) {
         throw std::runtime_error("cannot resume from " + results_file.string() +
                                  ": a finished run does not read back: " + e.what());
@@ -324,6 +332,22 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
                                      (listed ? " twice" : ", which --seeds does not list") +
                                      " (was the file edited?)");
         }
+      // The checkpoint is that of the first unfinished run: any other would be trained over
+      // from scratch, and the checkpoint deleted, without a word.
+      if (in_progress) {
+        std::optional<std::pair<std::string, std::uint64_t>> next;
+        for (const std::uint64_t seed : s.seeds)
+          for (const ModelResults& m : results)
+            if (!next && std::none_of(m.runs.begin(), m.runs.end(),
+                                      [&](const RunResult& r) { return r.seed == seed; }))
+              next.emplace(m.spec->name, seed);
+        if (!next || next->first != in_progress->model || next->second != in_progress->seed)
+          throw std::runtime_error(
+              "cannot resume from " + checkpoint_file.string() + ": it holds " + in_progress->model +
+              " seed " + std::to_string(in_progress->seed) + ", but the run to continue is " +
+              (next ? next->first + " seed " + std::to_string(next->second) : std::string("none")) +
+              " (was a file edited or replaced?)");
+      }
       doc["started_at"] = previous->value("started_at", json(nullptr));
       doc["command_line"] = previous->value("command_line", s.command_line);
       doc["resumed"] = previous->value("resumed", json::array());

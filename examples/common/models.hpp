@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include <ablate/ablate.hpp>
+#include <ablate/io/weights.hpp>
 
 #include "training.hpp"
 
@@ -29,6 +30,9 @@ struct ModelSpec {
   std::function<ParamCounts(const ablate::ModelConfig&)> count;
   // Trains it once on plan.backend.
   std::function<RunResult(const ablate::ModelConfig&, const RunPlan&, std::uint64_t, Progress&)> train;
+  // Throws unless the file's tensors are those of this architecture at the config (no model is
+  // built: an edited config fails here, before anything allocates).
+  std::function<void(const ablate::io::SafetensorsReader&, const ablate::ModelConfig&)> check_saved;
   // Loads a file saved from this architecture (with the file's ModelConfig) and evaluates it on
   // plan.backend.
   std::function<EvalPoint(const std::filesystem::path&, const ablate::ModelConfig&, const RunPlan&)>
@@ -71,6 +75,7 @@ ModelSpec model_spec(std::string name, std::string summary, const ablate::ModelC
   spec.architecture = Arch::name();
   spec.config = cfg;
   spec.count = &detail::count_parameters<Arch>;
+  spec.check_saved = &ablate::io::check_weights_fit<Arch>;
   spec.train = [](const ablate::ModelConfig& c, const RunPlan& plan, std::uint64_t seed,
                   Progress& progress) {
     return with_backend(plan.backend,

@@ -187,23 +187,36 @@ inline CheckpointRun checkpoint_run(const std::filesystem::path& file) {
   return checkpoint_run(ablate::io::SafetensorsReader::open(file));
 }
 
-// Restores model, trainer and the run's measurements from the checkpoint of (model, seed).
+// Restores model, trainer and the run's measurements from the checkpoint of (model, seed), a
+// run of `steps` batches.
 template <class Model, class Trainer>
 RunProgress load_run_checkpoint(const std::filesystem::path& file, Model& model, Trainer& trainer,
-                                const std::string& model_name, std::uint64_t seed) {
+                                const std::string& model_name, std::uint64_t seed,
+                                std::size_t steps) {
   const auto r = ablate::io::SafetensorsReader::open(file);
   const CheckpointRun run = checkpoint_run(r);
   if (run.model != model_name || run.seed != seed)
     throw std::runtime_error(file.string() + " holds " + run.model + " seed " +
                              std::to_string(run.seed) + ", not " + model_name + " seed " +
                              std::to_string(seed));
+  // A run is checkpointed before its last batch only: after it, it is finished.
+  if (run.batch >= steps)
+    throw std::runtime_error(file.string() + ": a checkpoint after batch " + std::to_string(run.batch) +
+                             " of a run of " + std::to_string(steps) + " batches");
   RunProgress at;
   at.batch = run.batch;
   try {
     at.curve = curve_of(json::parse(detail::run_value(r, run_meta::curve)));
-  } catch (const json::exception& e) {
+  } catch (const std::exception& e) {
     throw std::runtime_error(file.string() + ": " + run_meta::curve + " is not a curve: " + e.what());
   }
+  for (std::size_t i = 0; i < at.curve.size(); ++i)
+    if (at.curve[i].batch > at.batch || (i > 0 && at.curve[i].batch <= at.curve[i - 1].batch))
+      throw std::runtime_error(file.string() + ": " + run_meta::curve + " has a point after batch " +
+                               std::to_string(at.curve[i].batch) +
+                               (i > 0 && at.curve[i].batch <= at.curve[i - 1].batch
+                                    ? " that follows one after batch " + std::to_string(at.curve[i - 1].batch)
+                                    : " in a run checkpointed after batch " + std::to_string(at.batch)));
   at.train_time_s = detail::run_number(r, run_meta::train_time_s);
   at.eval_time_s = detail::run_number(r, run_meta::eval_time_s);
   at.loss_sum = detail::run_number(r, run_meta::loss_sum);
@@ -222,6 +235,8 @@ RunProgress load_run_checkpoint(const std::filesystem::path& file, Model& model,
 inline std::optional<json> read_results(const std::filesystem::path& file, bool required) {
   if (!std::filesystem::exists(file)) return std::nullopt;
   try {
+    // (a pipe would block until something writes to it)
+    if (!std::filesystem::is_regular_file(file)) throw std::runtime_error("not a regular file");
     json doc = json::parse(ablate::data::read_file(file));
     if (!doc.is_object() || !doc.contains("complete") || !doc.at("complete").is_boolean())
       throw std::runtime_error("not the results.json of an experiment program");

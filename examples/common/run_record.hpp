@@ -57,17 +57,25 @@ inline json point_json(const EvalPoint& p) {
               {"all_validation", p.all_validation}};
 }
 
-// Throws nlohmann::json::exception for a missing key or a value of another type.
+// A count or a seed: a whole number >= 0 (JSON's -1, 0.5 or 1e20 would convert to garbage).
+inline std::uint64_t count_of(const json& j, const char* key) {
+  const json& v = j.at(key);
+  if (!v.is_number_unsigned())
+    throw std::runtime_error(std::string(key) + " is " + v.dump() + ", not a whole number >= 0");
+  return v.get<std::uint64_t>();
+}
+
+// Throws for a missing key or a value of another type.
 inline EvalPoint point_of(const json& j) {
   EvalPoint p;
-  p.batch = j.at("batch").get<std::size_t>();
-  p.optimizer_steps = j.at("optimizer_steps").get<std::size_t>();
-  p.tokens_seen = j.at("tokens_seen").get<std::size_t>();
+  p.batch = count_of(j, "batch");
+  p.optimizer_steps = count_of(j, "optimizer_steps");
+  p.tokens_seen = count_of(j, "tokens_seen");
   p.train_time_s = j.at("train_time_s").get<double>();
   p.train_loss = num_of(j.at("train_loss"));
   p.val_loss = num_of(j.at("val_loss"));
   p.val_accuracy = num_of(j.at("val_accuracy"));
-  p.val_tokens = j.at("val_tokens").get<std::size_t>();
+  p.val_tokens = count_of(j, "val_tokens");
   p.all_validation = j.at("all_validation").get<bool>();
   return p;
 }
@@ -79,6 +87,7 @@ inline json curve_json(const std::vector<EvalPoint>& curve) {
 }
 
 inline std::vector<EvalPoint> curve_of(const json& j) {
+  if (!j.is_array()) throw std::runtime_error("a curve is a list of evaluations, not " + j.dump());
   std::vector<EvalPoint> curve;
   for (const json& p : j) curve.push_back(point_of(p));
   return curve;
@@ -100,7 +109,7 @@ inline json run_json(const RunResult& r) {
 
 inline RunResult run_of(const json& j) {
   RunResult r;
-  r.seed = j.at("seed").get<std::uint64_t>();
+  r.seed = count_of(j, "seed");
   r.curve = curve_of(j.at("curve"));
   if (r.curve.empty()) throw std::runtime_error("a finished run without evaluations");
   r.final = r.curve.back();

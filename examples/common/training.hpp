@@ -103,7 +103,7 @@ RunResult train_run(const ablate::ModelConfig& cfg, const RunPlan& plan, std::ui
 
   RunProgress at;
   if (plan.resume) {
-    at = load_run_checkpoint(plan.checkpoint, model, trainer, plan.model, seed);
+    at = load_run_checkpoint(plan.checkpoint, model, trainer, plan.model, seed, plan.steps);
     sampler.seek(at.batch);
   }
   auto last_checkpoint = Clock::now();

@@ -6,7 +6,8 @@
 #   DIR/bad/model.safetensors                    a corrupt saved model (text, not safetensors)
 #   DIR/bad/stopped-corrupt-checkpoint/          an unfinished experiment whose checkpoint is
 #                                                corrupt, and DIR/bad/stopped-corrupt-results/
-#                                                one whose results.json is not JSON
+#                                                one whose results.json is not JSON;
+#   DIR/bad/results-not-a-file/                  a results.json that is a folder
 #   DIR/moved/                                   the same tokenizer and corpus in another
 #                                                folder, DIR/changed/ with one document's
 #                                                sentences reordered
@@ -85,3 +86,4 @@ file(WRITE "${DIR}/bad/model.safetensors" "this is not a safetensors file\n")
 file(WRITE "${DIR}/bad/stopped-corrupt-checkpoint/results.json" "{\"complete\": false, \"models\": []}\n")
 file(WRITE "${DIR}/bad/stopped-corrupt-checkpoint/checkpoint.safetensors" "not a checkpoint\n")
 file(WRITE "${DIR}/bad/stopped-corrupt-results/results.json" "{\"complete\": false, \"models\": [")
+file(MAKE_DIRECTORY "${DIR}/bad/results-not-a-file/results.json")

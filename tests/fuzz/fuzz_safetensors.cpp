@@ -2,7 +2,7 @@
 //
 // Rejecting it with ablate::invalid_input is the expected outcome for bad bytes; any other
 // exception, a crash, a hang or a sanitizer report is a bug.  A file the reader accepts must
-// also decode every tensor, and writing it back out must give a file that reads back the same
+// also decode every tensor (a BOOL tensor with a byte other than 0 or 1 must refuse to), and writing it back out must give a file that reads back the same
 // (names, dtypes, shapes, bytes, metadata) and re-serialises to identical bytes.
 #include <cstddef>
 #include <cstdint>
@@ -47,14 +47,23 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (const TensorInfo& info : r.tensors()) {
     // The element count is bounded by the input size (the byte counts were checked).
     if (info.numel() * dtype_size(info.dtype) != info.nbytes()) bug("byte count", info.name);
+    // Every tensor decodes, except a BOOL one that holds a byte other than 0 or 1 (corrupt).
+    bool corrupt_bool = false;
+    if (info.dtype == Dtype::BOOL)
+      for (const auto byte : r.read_bytes(info)) corrupt_bool |= static_cast<unsigned char>(byte) > 1;
     std::vector<double> values(info.numel());
-    r.read(info, std::span<double>(values));
+    try {
+      r.read(info, std::span<double>(values));
+      if (corrupt_bool) bug("a BOOL byte other than 0 or 1 was read", info.name);
+    } catch (const ablate::invalid_input& e) {
+      if (!corrupt_bool) bug("read rejected", e.what());
+    }
     if (!is_floating_point(info.dtype)) {
       std::vector<std::int64_t> ints(info.numel());
       try {
         r.read(info, std::span<std::int64_t>(ints));
       } catch (const ablate::invalid_input&) {
-        if (info.dtype != Dtype::U64)
+        if (info.dtype != Dtype::U64 && !corrupt_bool)
           bug("integer read rejected", info.name);  // only U64 can exceed int64
       }
     }

@@ -236,3 +236,22 @@ TEST_CASE("CPU element-wise, column and scatter kernels reject operands of the w
       [](const std::vector<std::int32_t>& v) { return v; });
   CHECK(y.isZero());
 }
+
+TEST_CASE("CPU tensors stay valid when their memory cannot be allocated") {
+  // Eigen's own resize frees the old buffer before it allocates: a failure there left the
+  // tensor pointing at freed memory, which its destructor then freed again.  2^62 floats is a
+  // request Eigen refuses before it calls malloc, so this runs under the sanitizers too.
+  using F = ablate::CPU;
+  F::Tensor t(4, 4);
+  t.setOnes();
+  const Eigen::Index huge = Eigen::Index{1} << 31;
+  CHECK_THROWS_AS(F::resize(t, huge, huge), std::bad_alloc);
+  CHECK(t.size() == 0);  // empty, not dangling
+  F::resize(t, 2, 3);
+  t.setConstant(2.0f);
+  CHECK(t.sum() == 12.0f);
+  F::Tensor src(3, 3);
+  src.setOnes();
+  F::copy(t, src);  // sized through the same path
+  CHECK(t.sum() == 9.0f);
+}

@@ -3,6 +3,9 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <fstream>
+#include <new>
+#include <sys/resource.h>
 #include <limits>
 #include <utility>
 
@@ -11,6 +14,7 @@
 
 #include <string>
 
+#include "io_test_util.hpp"
 #include "test_configs.hpp"
 
 namespace {
@@ -292,4 +296,40 @@ TEST_CASE("bad input throws std::invalid_argument naming the problem") {
       c.moe_intermediate_size = 4096;
     }), 0);
   }, "MoE: n_shared_experts x moe_intermediate_size");
+}
+
+TEST_CASE("a forward that runs out of memory leaves the model usable, and says so to loss()") {
+#if defined(__SANITIZE_ADDRESS__)
+  MESSAGE("SKIPPED: AddressSanitizer reserves more address space than the limit this test sets");
+#else
+  using Arch = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
+  auto cfg = test::small_model_config();
+  cfg.max_position_embeddings = std::size_t{1} << 20;
+  Model<Arch, CPU> model(cfg, 3);
+  model.eval();
+  const Tokens small = ramp(2, 8, cfg.vocab_size);
+  const CPU::Tensor first = model.forward(small);
+  // A window of 2^20 tokens needs 16 TB of attention probabilities: with the address space
+  // limited to what the process has plus 3 GB, that allocation fails in any overcommit mode.
+  std::size_t pages = 0;
+  std::ifstream("/proc/self/statm") >> pages;
+  REQUIRE(pages > 0);
+  {
+    io_test::ResourceLimit limit(RLIMIT_AS, pages * 4096 + (std::size_t{3} << 30));
+    CHECK_THROWS_AS(model.forward(Tokens(1, std::size_t{1} << 20)), std::bad_alloc);
+  }
+  CHECK_THROWS_WITH_AS(model.loss(small), doctest::Contains("loss() needs the activations of a forward() "
+                                                            "that finished (the last one did not)"),
+                       invalid_input);
+  CHECK(model.forward(small) == first);  // and the model is destroyed cleanly after this
+#endif
+}
+
+TEST_CASE("loss() and backward() before any forward() say what they need") {
+  const auto cfg = test::small_model_config();
+  Model<Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>, D> model(cfg, 0);
+  CHECK_THROWS_WITH_AS(model.loss(ramp(1, 4, cfg.vocab_size)),
+                       "loss() needs the activations of a forward() that finished", invalid_input);
+  CHECK_THROWS_WITH_AS(model.backward(D::Tensor(4, cfg.vocab_size)),
+                       "backward() needs the activations of a forward() that finished", invalid_input);
 }

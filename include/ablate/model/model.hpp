@@ -67,6 +67,7 @@ class Model {
   // pass's loss in a following backward (it scales auxiliary-loss gradients).
   const Tensor& forward(const Tokens& tokens, double loss_scale = 1.0) {
     check_tokens(tokens, "token id");
+    forward_done_ = false;  // until the logits below are those of `tokens`
     ctx_.training = training_;
     ctx_.batch = tokens.batch();
     ctx_.seq = tokens.seq();
@@ -78,6 +79,7 @@ class Model {
     final_norm_.forward(normed_, hidden_);
     final_dropout_.forward(normed_, ctx_);
     embedding_.head_forward(logits_, normed_);
+    forward_done_ = true;
     return logits_;
   }
 
@@ -90,6 +92,7 @@ class Model {
 
   // Accumulates gradients given d(loss)/d(logits) of the last forward.
   void backward(const Tensor& dlogits) {
+    require_forward("backward()");
     embedding_.head_backward(dnormed_, dlogits);
     final_dropout_.backward(dnormed_);
     final_norm_.backward(dhidden_, dnormed_);
@@ -101,6 +104,7 @@ class Model {
   // Cross-entropy of the last forward's logits against `targets`; with `with_grad`, also
   // leaves d(grad_scale * mean CE)/d(logits) for backward().
   LossStats loss(const Tokens& targets, bool with_grad = false, double grad_scale = 1.0) {
+    require_forward("loss()");
     require(targets.batch() == ctx_.batch && targets.seq() == ctx_.seq,
             "targets shape [", targets.batch(), ", ", targets.seq(),
             "] does not match the inputs [", ctx_.batch, ", ", ctx_.seq, "]");
@@ -141,6 +145,11 @@ class Model {
     cfg.validate();
     return cfg;
   }
+  // A forward that threw (out of memory, say) leaves the activations of no batch in particular.
+  void require_forward(const char* what) const {
+    require(forward_done_, what, " needs the activations of a forward() that finished",
+            ctx_.batch > 0 ? " (the last one did not)" : "");
+  }
   void check_tokens(const Tokens& tokens, const char* what) const {
     require(tokens.batch() > 0 && tokens.seq() > 0, "tokens must have batch > 0 and seq > 0, got [",
             tokens.batch(), ", ", tokens.seq(), "]");
@@ -158,6 +167,7 @@ class Model {
   FinalNormBlock final_norm_;
   Dropout<B> final_dropout_;
   bool training_ = true;
+  bool forward_done_ = false;  // logits_ and the blocks' caches are those of ctx_'s batch
   PassContext ctx_;
   Tensor hidden_, normed_, logits_, dlogits_, dnormed_, dhidden_;
 };

@@ -12,14 +12,14 @@ struct ActivationKernels {
 
   // y = x * sigmoid(x)
   static void silu_forward(Tensor& y, const Tensor& x) {
-    y.resize(x.rows(), x.cols());
+    cpu::resize(y, x.rows(), x.cols());
     y.array() = x.array() / (S(1) + (-x.array()).exp());
   }
   // dx = dy * s * (1 + x * (1 - s)),  s = sigmoid(x)
   static void silu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
     checks::shape(dy, x.rows(), x.cols(), "silu_backward", "dy");
     // No temporaries: a fresh activation-sized buffer costs more in page faults than the math.
-    dx.resize(x.rows(), x.cols());
+    cpu::resize(dx, x.rows(), x.cols());
     dx.array() = S(1) / (S(1) + (-x.array()).exp());  // s
     dx.array() = dy.array() * dx.array() * (S(1) + x.array() * (S(1) - dx.array()));
   }
@@ -27,7 +27,7 @@ struct ActivationKernels {
   // h = silu(gate) * up
   static void swiglu_forward(Tensor& h, const Tensor& gate, const Tensor& up) {
     checks::shape(up, gate.rows(), gate.cols(), "swiglu_forward", "up");
-    h.resize(gate.rows(), gate.cols());
+    cpu::resize(h, gate.rows(), gate.cols());
     h.array() = gate.array() / (S(1) + (-gate.array()).exp()) * up.array();
   }
   // dgate = dh * up * silu'(gate),  dup = dh * silu(gate)
@@ -35,8 +35,8 @@ struct ActivationKernels {
                               const Tensor& up) {
     checks::shape(up, gate.rows(), gate.cols(), "swiglu_backward", "up");
     checks::shape(dh, gate.rows(), gate.cols(), "swiglu_backward", "dh");
-    dgate.resize(gate.rows(), gate.cols());
-    dup.resize(gate.rows(), gate.cols());
+    cpu::resize(dgate, gate.rows(), gate.cols());
+    cpu::resize(dup, gate.rows(), gate.cols());
     dup.array() = S(1) / (S(1) + (-gate.array()).exp());  // s, then overwritten below
     dgate.array() = dh.array() * up.array() * dup.array() * (S(1) + gate.array() * (S(1) - dup.array()));
     dup.array() = dh.array() * gate.array() * dup.array();

@@ -24,8 +24,8 @@ struct AttentionKernels {
                                 std::uint64_t key) {
     checks::attention_inputs(q, k, v, a, dropout_p, "attention_forward");
     const Eigen::Index T = a.seq;
-    out.resize(a.batch * T, a.heads * a.v_dim);
-    probs.resize(a.batch * a.heads * T, T);
+    cpu::resize(out, a.batch * T, a.heads * a.v_dim);
+    cpu::resize(probs, a.batch * a.heads * T, T);
     const Eigen::Index pairs = a.batch * a.heads;
     ABLATE_PARALLEL_FOR
     for (Eigen::Index bh = 0; bh < pairs; ++bh) {
@@ -46,6 +46,7 @@ struct AttentionKernels {
       const auto V = v.block(b * T, h * a.v_dim, T, a.v_dim);
       if (dropout_p > 0.0) {
         Tensor& dropped = workspace(0);
+        cpu::resize(dropped, T, T);
         dropped = P;
         apply_mask(dropped, bh, T, dropout_p, key);
         O.noalias() = dropped * V;
@@ -65,9 +66,9 @@ struct AttentionKernels {
     checks::shape(probs, a.batch * a.heads * a.seq, a.seq, "attention_backward",
                   "the saved probabilities (pass the probs attention_forward filled)");
     const Eigen::Index T = a.seq;
-    dq.resize(q.rows(), q.cols());
-    dk.resize(k.rows(), k.cols());
-    dv.resize(v.rows(), v.cols());
+    cpu::resize(dq, q.rows(), q.cols());
+    cpu::resize(dk, k.rows(), k.cols());
+    cpu::resize(dv, v.rows(), v.cols());
     // Columns beyond the heads (a tensor wider than its heads) get a zero gradient.
     if (q.cols() != a.heads * a.qk_dim) dq.setZero();
     if (k.cols() != a.heads * a.qk_dim) dk.setZero();
@@ -82,9 +83,11 @@ struct AttentionKernels {
       const auto Q = q.block(b * T, h * a.qk_dim, T, a.qk_dim);
       const auto K = k.block(b * T, h * a.qk_dim, T, a.qk_dim);
       Tensor& dP = workspace(0);
+      cpu::resize(dP, T, T);
       dP.noalias() = dO * V.transpose();
       if (dropout_p > 0.0) {
         Tensor& dropped = workspace(1);
+        cpu::resize(dropped, T, T);
         dropped = P;
         apply_mask(dropped, bh, T, dropout_p, key);
         dv.block(b * T, h * a.v_dim, T, a.v_dim).noalias() = dropped.transpose() * dO;
@@ -94,7 +97,7 @@ struct AttentionKernels {
       }
       // Softmax backward: dS = P * (dP - rowsum(dP * P)), then the scale.
       Tensor& dS = workspace(1);
-      dS.resize(T, T);
+      cpu::resize(dS, T, T);
       for (Eigen::Index i = 0; i < T; ++i) {
         const S dot = dP.row(i).dot(P.row(i));
         dS.row(i) = (P.row(i).array() * (dP.row(i).array() - dot)).matrix() * static_cast<S>(a.scale);

@@ -58,7 +58,7 @@ struct CrossEntropyKernels {
     const Eigen::Index n = logits.rows();
     check_ids(targets, static_cast<std::size_t>(n), static_cast<std::size_t>(logits.cols()),
               "ablate::CPU cross_entropy: target id");
-    if (dlogits != nullptr) dlogits->resize(n, logits.cols());
+    if (dlogits != nullptr) cpu::resize(*dlogits, n, logits.cols());
     std::vector<double> row_loss(static_cast<std::size_t>(n));
     std::vector<unsigned char> row_hit(static_cast<std::size_t>(n));
     ABLATE_PARALLEL_FOR

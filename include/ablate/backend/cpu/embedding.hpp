@@ -18,7 +18,7 @@ struct EmbeddingKernels {
                                 const Tensor& table, double scale) {
     check_ids(ids, static_cast<std::size_t>(n), static_cast<std::size_t>(table.rows()),
               "ablate::CPU embedding_forward: token id");
-    y.resize(n, table.cols());
+    cpu::resize(y, n, table.cols());
     const S s = static_cast<S>(scale);
     ABLATE_PARALLEL_FOR
     for (Eigen::Index r = 0; r < n; ++r) y.row(r) = s * table.row(ids[r]);

@@ -14,7 +14,7 @@ struct LinearKernels {
   // y = x W^T (+ b).  `b` may be null.
   static void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b) {
     checks::linear_forward(x, w, b, "linear_forward");
-    y.resize(x.rows(), w.rows());
+    cpu::resize(y, x.rows(), w.rows());
     y.noalias() = x * w.transpose();
     if (b != nullptr) y.rowwise() += b->row(0);
   }
@@ -30,7 +30,7 @@ struct LinearKernels {
       if (accumulate_dx) {
         dx->noalias() += dy * w;
       } else {
-        dx->resize(dy.rows(), w.cols());
+        cpu::resize(*dx, dy.rows(), w.cols());
         dx->noalias() = dy * w;
       }
     }
@@ -42,7 +42,7 @@ struct LinearKernels {
   // c = a b (plain GEMM; used by optimizers).
   static void matmul(Tensor& c, const Tensor& a, const Tensor& b, Eigen::Index batch = 1) {
     checks::matmul(a, b, "matmul", batch);
-    c.resize(a.rows(), b.cols());
+    cpu::resize(c, a.rows(), b.cols());
     if (batch == 1) {
       c.noalias() = a * b;
       return;
@@ -58,7 +58,7 @@ struct LinearKernels {
                          const Tensor& c, double beta, Eigen::Index batch = 1) {
     checks::matmul(a, b, "matmul_add", batch);
     checks::shape(c, a.rows(), b.cols(), "matmul_add", "c");
-    d.resize(a.rows(), b.cols());
+    cpu::resize(d, a.rows(), b.cols());
     if (batch == 1) {
       d.noalias() = a * b;
       OptimizerKernels<S>::scale_add(d, alpha, c, beta);
@@ -72,7 +72,7 @@ struct LinearKernels {
   static void gram(Tensor& c, const Tensor& a, Eigen::Index batch = 1) {
     checks::stack(a, batch, "gram", "a");
     const Eigen::Index m = a.rows() / batch;
-    c.resize(a.rows(), m);
+    cpu::resize(c, a.rows(), m);
     if (batch == 1) {
       c.noalias() = a * a.transpose();
       return;

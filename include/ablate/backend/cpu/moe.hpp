@@ -43,12 +43,12 @@ struct MoEKernels {
 
   // y = 1 / (1 + exp(-x))
   static void sigmoid_forward(Tensor& y, const Tensor& x) {
-    y.resize(x.rows(), x.cols());
+    cpu::resize(y, x.rows(), x.cols());
     y.array() = S(1) / (S(1) + (-x.array()).exp());
   }
   // dx = dy * y * (1 - y) for y = sigmoid(x).
   static void sigmoid_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
-    dx.resize(y.rows(), y.cols());
+    cpu::resize(dx, y.rows(), y.cols());
     dx.array() = dy.array() * y.array() * (S(1) - y.array());
   }
 
@@ -67,7 +67,7 @@ struct MoEKernels {
 
   // out (1 x cols) = mean over rows of x.
   static void column_means(Tensor& out, const Tensor& x) {
-    out.resize(1, x.cols());
+    cpu::resize(out, 1, x.cols());
     out.row(0) = x.colwise().sum() / static_cast<S>(x.rows());
   }
 
@@ -90,8 +90,8 @@ struct MoEKernels {
                                  Eigen::Index topk_group, Eigen::Index k) {
     const Eigen::Index n = choice.rows(), cols = choice.cols();
     idx.resize(static_cast<std::size_t>(n * k));
-    masked.resize(n, cols);
-    group_scores.resize(n, n_group);
+    cpu::resize(masked, n, cols);
+    cpu::resize(group_scores, n, n_group);
     ABLATE_PARALLEL_FOR
     for (Eigen::Index r = 0; r < n; ++r)
       group_limited_select(idx.data() + r * k, masked.row(r).data(), group_scores.row(r).data(),
@@ -101,7 +101,7 @@ struct MoEKernels {
   // out[r, j] = src[r, idx[r*k + j]]: out is [N, k].
   static void gather_columns(Tensor& out, const Tensor& src, const Indices& idx, Eigen::Index k) {
     const Eigen::Index n = src.rows();
-    out.resize(n, k);
+    cpu::resize(out, n, k);
     ABLATE_PARALLEL_FOR
     for (Eigen::Index r = 0; r < n; ++r)
       for (Eigen::Index j = 0; j < k; ++j) out(r, j) = src(r, idx[static_cast<std::size_t>(r * k + j)]);
@@ -166,7 +166,7 @@ struct MoEKernels {
   static void gather_rows(Tensor& out, const Tensor& x, const Indices& rows, std::size_t begin,
                           std::size_t count) {
     const auto n = static_cast<Eigen::Index>(count);
-    out.resize(n, x.cols());
+    cpu::resize(out, n, x.cols());
     const std::int32_t* r = rows.data() + begin;
     ABLATE_PARALLEL_FOR
     for (Eigen::Index i = 0; i < n; ++i) out.row(i) = x.row(r[i]);
@@ -176,7 +176,7 @@ struct MoEKernels {
                                    const Indices& slots, const Tensor& weights, std::size_t begin,
                                    std::size_t count) {
     const auto n = static_cast<Eigen::Index>(count);
-    out.resize(n, x.cols());
+    cpu::resize(out, n, x.cols());
     const std::int32_t* r = rows.data() + begin;
     const std::int32_t* s = slots.data() + begin;
     const S* w = weights.data();

@@ -18,8 +18,8 @@ struct NormKernels {
                               double eps) {
     checks::norm_parameters(x, w, "rmsnorm_forward");
     const Eigen::Index n = x.rows(), d = x.cols();
-    y.resize(n, d);
-    rstd.resize(n, 1);
+    cpu::resize(y, n, d);
+    cpu::resize(rstd, n, 1);
     ABLATE_PARALLEL_FOR
     for (Eigen::Index r = 0; r < n; ++r) {
       const double ms = x.row(r).template cast<double>().squaredNorm() / static_cast<double>(d);
@@ -35,7 +35,7 @@ struct NormKernels {
     checks::norm_backward(dy, x, w, dw, rstd, "rmsnorm_backward");
     const Eigen::Index n = x.rows(), d = x.cols();
     // dx first holds xhat (no temporary buffer), then is overwritten row by row.
-    dx.resize(n, d);
+    cpu::resize(dx, n, d);
     dx = rstd.col(0).asDiagonal() * x;
     dw.row(0) += dy.cwiseProduct(dx).colwise().sum();
     ABLATE_PARALLEL_FOR
@@ -52,9 +52,9 @@ struct NormKernels {
     checks::norm_parameters(x, w, "layernorm_forward");
     checks::norm_parameters(x, b, "layernorm_forward");
     const Eigen::Index n = x.rows(), d = x.cols();
-    y.resize(n, d);
-    mean.resize(n, 1);
-    rstd.resize(n, 1);
+    cpu::resize(y, n, d);
+    cpu::resize(mean, n, 1);
+    cpu::resize(rstd, n, 1);
     ABLATE_PARALLEL_FOR
     for (Eigen::Index r = 0; r < n; ++r) {
       const auto xr = x.row(r).template cast<double>();
@@ -75,7 +75,7 @@ struct NormKernels {
     checks::layernorm_backward(dy, x, w, dw, db, mean, rstd, "layernorm_backward");
     const Eigen::Index n = x.rows(), d = x.cols();
     // dx first holds xhat (no temporary buffer), then is overwritten row by row.
-    dx.resize(n, d);
+    cpu::resize(dx, n, d);
     ABLATE_PARALLEL_FOR
     for (Eigen::Index r = 0; r < n; ++r) dx.row(r) = (x.row(r).array() - mean(r, 0)).matrix() * rstd(r, 0);
     dw.row(0) += dy.cwiseProduct(dx).colwise().sum();

@@ -57,7 +57,7 @@ struct OptimizerKernels {
   // `out` may alias `a` or `b`.
   static void lerp(Tensor& out, const Tensor& a, const Tensor& b, double w) {
     const S ws = static_cast<S>(w);
-    if (out.rows() != a.rows() || out.cols() != a.cols()) out.resize(a.rows(), a.cols());
+    cpu::resize(out, a.rows(), a.cols());
     if (std::abs(w) < 0.5)
       out.array() = a.array() + ws * (b.array() - a.array());
     else
@@ -76,7 +76,7 @@ struct OptimizerKernels {
   static void transpose(Tensor& dst, const Tensor& src, Eigen::Index batch = 1) {
     checks::stack(src, batch, "transpose", "src");
     const Eigen::Index r = src.rows() / batch;
-    dst.resize(batch * src.cols(), r);
+    cpu::resize(dst, batch * src.cols(), r);
     if (batch == 1) {
       dst = src.transpose();
       return;

@@ -40,15 +40,27 @@ void for_each_stacked(Matrix<S>& out, const Matrix<S>& a, Eigen::Index batch, F&
   }
 }
 
+// t becomes rows x cols (its values unspecified) and stays a valid tensor when the memory runs
+// out: Eigen's resize frees the old buffer before it allocates the new one, so a bad_alloc there
+// would leave t pointing at freed memory, for its next use and its destructor to free again.
+// Every CPU kernel sizes its outputs through this, and assigns to them only at their size.
+template <class S>
+void resize(Matrix<S>& t, Eigen::Index rows, Eigen::Index cols) {
+  if (t.rows() == rows && t.cols() == cols) return;
+  if (t.size() != rows * cols) t.resize(0, 0);  // freed: a failed allocation leaves it empty
+  t.resize(rows, cols);
+}
+
 template <class S>
 struct TensorKernels {
   using Tensor = Matrix<S>;
 
-  static void resize(Tensor& t, Eigen::Index rows, Eigen::Index cols) {
-    if (t.rows() != rows || t.cols() != cols) t.resize(rows, cols);
-  }
+  static void resize(Tensor& t, Eigen::Index rows, Eigen::Index cols) { cpu::resize(t, rows, cols); }
   static void set_zero(Tensor& t) { t.setZero(); }
-  static void copy(Tensor& dst, const Tensor& src) { dst = src; }
+  static void copy(Tensor& dst, const Tensor& src) {
+    cpu::resize(dst, src.rows(), src.cols());
+    dst = src;
+  }
   static void add_inplace(Tensor& y, const Tensor& x) {
     checks::shape(x, y.rows(), y.cols(), "add_inplace", "x");
     y += x;
@@ -73,6 +85,7 @@ struct TensorKernels {
   // dst = src[:, offset, offset + count)
   static void slice_columns(Tensor& dst, const Tensor& src, Eigen::Index offset, Eigen::Index count) {
     checks::columns(src, offset, count, src.rows(), "slice_columns");
+    cpu::resize(dst, src.rows(), count);
     dst = src.middleCols(offset, count);
   }
   // dst[:, offset, offset + src.cols()) = src; dst keeps its size.
