@@ -333,3 +333,30 @@ TEST_CASE("loss() and backward() before any forward() say what they need") {
   CHECK_THROWS_WITH_AS(model.backward(D::Tensor(4, cfg.vocab_size)),
                        "backward() needs the activations of a forward() that finished", invalid_input);
 }
+
+TEST_CASE("the parameter store refuses shapes no tensor can have") {
+  ParameterStore<ShapeOnlyBackend> store;
+  CHECK_THROWS_WITH_AS(store.add("a", {}, ParamRole::Norm), "parameter a: rank must be 1 or 2", invalid_input);
+  CHECK_THROWS_WITH_AS(store.add("a", {2, 0}, ParamRole::Matrix), "parameter a: zero-sized dimension",
+                       invalid_input);
+  CHECK_THROWS_WITH_AS(store.add("a", {std::size_t{1} << 63, 2}, ParamRole::Matrix),
+                       doctest::Contains("parameter a: dimension 9223372036854775808 exceeds the largest "
+                                         "dimension ablate takes (2147483647)"),
+                       invalid_input);
+  store.add("a", {4, 2}, ParamRole::Matrix);
+  CHECK_THROWS_WITH_AS(store.add("a", {1}, ParamRole::Bias), "parameter a registered twice", invalid_input);
+  // Nearly 2^62 elements each: the fifth would make the count wrap around.
+  const std::size_t big = kMaxDimension;
+  for (const char* name : {"b", "c", "d", "e"}) store.add(name, {big, big}, ParamRole::Matrix);
+  CHECK_THROWS_WITH_AS(store.add("f", {big, big}, ParamRole::Matrix),
+                       "parameter f: the model's parameter count would exceed 2^64", invalid_input);
+  CHECK(store.numel() == 8 + 4 * big * big);
+  // A fused projection wider than the largest dimension is refused where it is registered.
+  ModelConfig cfg = test::small_model_config();
+  cfg.hidden_size = kMaxDimension - 1;  // heads of 2
+  cfg.num_attention_heads = (kMaxDimension - 1) / 2;
+  using Arch = Architecture<Attention<MHA>, FFN<GatedMLP>, Norm<RMS>>;
+  CHECK_THROWS_WITH_AS(parameter_layout<Arch>(cfg),
+                       doctest::Contains("parameter layers.0.self_attn.qkv_proj.weight: dimension 6442450938"),
+                       invalid_input);
+}

@@ -6,11 +6,13 @@
 #include <cstddef>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "ablate/core/dimensions.hpp"
 #include "ablate/core/error.hpp"
 
 namespace ablate {
@@ -48,13 +50,21 @@ class ParameterStore {
 
   Param& add(std::string name, std::vector<std::size_t> shape, ParamRole role) {
     require(!shape.empty() && shape.size() <= 2, "parameter ", name, ": rank must be 1 or 2");
-    for (std::size_t s : shape) require(s > 0, "parameter ", name, ": zero-sized dimension");
+    for (std::size_t s : shape) {
+      require(s > 0, "parameter ", name, ": zero-sized dimension");
+      require(s <= kMaxDimension, "parameter ", name, ": dimension ", s,
+              " exceeds the largest dimension ablate takes (", kMaxDimension, ")");
+    }
     require(find(name) == nullptr, "parameter ", name, " registered twice");
+    const std::size_t n = shape.size() == 2 ? shape[0] * shape[1] : shape[0];  // < 2^62
+    require(numel_ <= std::numeric_limits<std::size_t>::max() - n, "parameter ", name,
+            ": the model's parameter count would exceed 2^64");
     index_.emplace(name, params_.size());
     Param& p = params_.emplace_back();
     p.name = std::move(name);
     p.shape = std::move(shape);
     p.role = role;
+    numel_ += n;
     Backend::resize(p.value, p.rows(), p.cols());
     Backend::resize(p.grad, p.rows(), p.cols());
     Backend::set_zero(p.value);
@@ -78,11 +88,7 @@ class ParameterStore {
   }
 
   std::size_t size() const { return params_.size(); }
-  std::size_t numel() const {
-    std::size_t n = 0;
-    for (const Param& p : params_) n += p.numel();
-    return n;
-  }
+  std::size_t numel() const { return numel_; }
   void zero_grad() {
     for (Param& p : params_) Backend::set_zero(p.grad);
   }
@@ -95,6 +101,7 @@ class ParameterStore {
  private:
   std::deque<Param> params_;
   std::unordered_map<std::string, std::size_t> index_;  // name -> position in params_
+  std::size_t numel_ = 0;                                // elements of all parameters
 };
 
 }  // namespace ablate

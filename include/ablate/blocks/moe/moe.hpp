@@ -75,6 +75,8 @@ class MoEBlock {
 
   void forward(Tensor& y, const Tensor& x, const PassContext& ctx) {
     forward_shape_ = {-1, -1};  // until this forward has succeeded
+    // The dispatch plan numbers the (token, choice) slots with 32-bit indices.
+    dimension_product(static_cast<std::size_t>(x.rows()), K, "MoE: tokens x experts per token");
     router_.forward(x, ctx);
     B::moe_dispatch_plan(rows_, slots_, offsets_, router_.indices(), E, K);
     B::resize(y, x.rows(), x.cols());
