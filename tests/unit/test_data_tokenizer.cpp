@@ -353,6 +353,8 @@ TEST_CASE("data: Gpt2Tokenizer rejects bad input with clear errors") {
     check_corrupt(full.substr(0, full.size() / 2), "invalid JSON");      // truncated
     check_corrupt("[1, 2]", "invalid JSON at line 1, column 1");
     check_corrupt("{\"a\": 1.5}", "not an integer");
+    check_corrupt("{\"a\": 00}", "the value of key \"a\" has a leading zero");
+    check_corrupt("{\"a\": -012}", "the value of key \"a\" has a leading zero");
     check_corrupt("{\"a\": \"x\"}", "not an integer");
     check_corrupt("{\"a\": 1} x", "unexpected content");
     check_corrupt("{\"a\": -3}", "outside");

@@ -165,6 +165,10 @@ class JsonIntObjectParser {
       pos_ = start;
       fail(ablate::detail::concat("the value of key \"", key, "\" is not an integer"));
     }
+    if (peek() == '0' && pos_ + 1 < text_.size() && text_[pos_ + 1] >= '0' && text_[pos_ + 1] <= '9') {
+      fail(ablate::detail::concat("the value of key \"", key,
+                                  "\" has a leading zero (JSON integers have none)"));
+    }
     std::int64_t value = 0;
     while (peek() >= '0' && peek() <= '9') {
       if (value > (INT64_MAX - 9) / 10) fail("integer too large");
