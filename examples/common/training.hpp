@@ -198,6 +198,7 @@ template <class Arch, class B>
 EvalPoint evaluate_saved(const std::filesystem::path& file, const ablate::ModelConfig& cfg,
                          const RunPlan& plan) {
   const auto reader = ablate::io::SafetensorsReader::open(file);
+  // (evaluate_saved_model checked the file already; a caller of this function may not have)
   ablate::io::check_weights_fit<Arch>(reader, cfg);  // before a model of an edited config allocates
   ablate::Model<Arch, B> model(cfg, 0);
   ablate::io::load_weights(model, reader);

@@ -4,9 +4,11 @@
 #include <doctest/doctest.h>
 
 #include <ablate/ablate.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <new>
 #include <stdexcept>
 #include <vector>
 
@@ -254,4 +256,19 @@ TEST_CASE("CPU tensors stay valid when their memory cannot be allocated") {
   src.setOnes();
   F::copy(t, src);  // sized through the same path
   CHECK(t.sum() == 9.0f);
+}
+
+TEST_CASE("an exception in a parallel loop's body reaches the caller instead of ending the program") {
+  ablate::ParallelErrors errors;
+  std::vector<int> done(64, 0);
+  ABLATE_PARALLEL_FOR
+  for (int i = 0; i < 64; ++i) errors.run([&] {
+    if (i == 37) throw std::bad_alloc();
+    done[static_cast<std::size_t>(i)] = 1;
+  });
+  CHECK_THROWS_AS(errors.rethrow(), std::bad_alloc);
+  CHECK(std::count(done.begin(), done.end(), 1) == 63);  // the other iterations ran
+  ablate::ParallelErrors none;
+  none.run([] {});
+  none.rethrow();
 }

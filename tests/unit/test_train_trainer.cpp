@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <limits>
+#include <new>
 
 #include <vector>
 
@@ -28,6 +29,7 @@ struct QuadraticModel {
   int hook_calls = 0;
   bool training = false;
   double loss_offset = 0, grad_offset = 0;  // added to the loss and to one gradient element
+  bool out_of_memory = false;  // the backward throws std::bad_alloc half-way
 
   QuadraticModel() {
     w = &store.add("layers.0.mlp.up_proj.weight", {4, 6}, ablate::ParamRole::Matrix);
@@ -48,6 +50,7 @@ struct QuadraticModel {
     const Tensor dw = w->value - (w_target.array() + shift).matrix();
     const Tensor dn = n->value - (n_target.array() + shift).matrix();
     B::axpy(w->grad, grad_scale, dw);
+    if (out_of_memory) throw std::bad_alloc();  // after one gradient of two
     B::axpy(n->grad, grad_scale, dn);
     w->grad(0, 0) += grad_offset;
     ablate::LossStats stats;
@@ -118,7 +121,7 @@ TEST_CASE("train: Trainer accumulates grad/accum and steps every accum batches")
   CHECK(trainer.batches() == 8);
 }
 
-TEST_CASE("train: a non-finite loss or gradient norm throws before any weight changes") {
+TEST_CASE("train: a non-finite loss or gradient norm throws before any weight changes, out of memory drops the group") {
   QuadraticModel model;
   ablate::Trainer<QuadraticModel> trainer(model, small_config());
   for (int i = 0; i < 10; ++i) trainer.step(batch(i), batch(i));  // 2 optimizer steps and 2 batches
@@ -155,8 +158,15 @@ TEST_CASE("train: a non-finite loss or gradient norm throws before any weight ch
                        ablate::non_finite_error);
   unchanged(8);
 
-  // Stepping on starts a fresh group.
+  // Memory that runs out in a backward: the group is dropped likewise, the exception goes on.
   model.grad_offset = 0;
+  trainer.step(batch(8), batch(8));
+  model.out_of_memory = true;
+  CHECK_THROWS_AS(trainer.step(batch(9), batch(9)), std::bad_alloc);
+  unchanged(8);
+  model.out_of_memory = false;
+
+  // Stepping on starts a fresh group.
   for (int i = 8; i < 12; ++i) trainer.step(batch(i), batch(i));
   CHECK(trainer.optimizer_steps() == 3);
   CHECK(model.w->value != w);

@@ -310,14 +310,17 @@ void load_weights(Model<Arch, B>& model, const SafetensorsReader& reader) {
 }
 
 // Checks, before a model is built, that `reader` holds the weights of Model<Arch, B> at `cfg`:
-// load_weights' checks, on a model of shapes only (model/parameter_layout.hpp).  A config that
-// does not fit its file, say edited to a hidden size of 65536 or a million layers, fails here
-// naming the tensor that differs, instead of allocating a model that cannot load.
+// load_weights' checks of names, shapes, dtypes and config, on a model of shapes only
+// (model/parameter_layout.hpp); the values are read, and checked finite, by load_weights.  A
+// config that does not fit its file, say edited to a hidden size of 65536 or a million layers,
+// fails here naming the tensor that differs, instead of allocating a model that cannot load.
 template <class Arch>
 void check_weights_fit(const SafetensorsReader& reader, const ModelConfig& cfg) {
   // The layer count first, by tensor counts: a model of shapes still costs a few KB a layer,
   // and a config may say 2^31 layers.  Layers are alike, so models of one and two layers give
-  // the tensors outside the layers and those of each.
+  // the tensors outside the layers and those of each.  A file up to a layer short passes on to
+  // the checks below, which name what is missing.
+  cfg.validate();
   auto tensors_of = [&](std::size_t layers) {
     ModelConfig c = cfg;
     c.num_hidden_layers = layers;
@@ -325,7 +328,7 @@ void check_weights_fit(const SafetensorsReader& reader, const ModelConfig& cfg) 
     return detail::model_tensors(m).size();
   };
   const std::size_t one = tensors_of(1), per_layer = tensors_of(2) - one;
-  const std::size_t expected = one + per_layer * (cfg.num_hidden_layers - 1);  // < 2^31 x a few
+  const std::size_t expected = one + per_layer * (cfg.num_hidden_layers - 1);  // >= 1 layer, < 2^31
   require(expected <= reader.size() + per_layer, reader.source(), ": a config of ",
           cfg.num_hidden_layers, " layers (", expected, " tensors) for a file of ", reader.size(),
           " tensors");

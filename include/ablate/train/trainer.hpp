@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -64,12 +65,19 @@ class Trainer {
   // weight changes: the weights and optimizer state stay those of the last optimizer step, and
   // the batches of the current accumulation group are dropped (gradients zeroed, the batch
   // count back at the group's start; a GLM4 router's load counts of them stay), so a caller
-  // may skip the data and step on, or stop with the model of the last good step.
+  // may skip the data and step on, or stop with the model of the last good step.  Memory that
+  // runs out inside the batch (std::bad_alloc, perhaps half-way through the backward) drops the
+  // group the same way before the exception goes on: a smaller batch may follow.
   TrainStep step(const Tokens& inputs, const Tokens& targets) {
     model_.train(true);
     TrainStep out;
-    out.stats = model_.forward_backward(inputs, targets,
-                                        1.0 / static_cast<double>(config_.grad_accumulation));
+    try {
+      out.stats = model_.forward_backward(inputs, targets,
+                                          1.0 / static_cast<double>(config_.grad_accumulation));
+    } catch (const std::bad_alloc&) {
+      discard_group();
+      throw;
+    }
     if (!std::isfinite(out.stats.loss) || !std::isfinite(out.stats.aux_loss))
       drop_group(detail::concat("batch ", batches_ + 1, " has a non-finite loss (cross-entropy ",
                                 out.stats.loss, ", auxiliary loss ", out.stats.aux_loss, ")"));
@@ -110,10 +118,16 @@ class Trainer {
   const HybridOptimizer<Backend>& optimizer() const { return optimizer_; }
 
  private:
-  [[noreturn]] void drop_group(const std::string& what) {
+  // Zeroes the gradients of the accumulation group that holds batch batches_ + 1 and sets the
+  // batch count back to the group's start; the number of batches dropped, that one included.
+  std::size_t discard_group() {
     const std::size_t dropped = batches_ % config_.grad_accumulation + 1;
     model_.zero_grad();
     batches_ -= dropped - 1;
+    return dropped;
+  }
+  [[noreturn]] void drop_group(const std::string& what) {
+    const std::size_t dropped = discard_group();
     throw non_finite_error(detail::concat(
         "Trainer::step: ", what, "; the weights are those of optimizer step ", optimizer_steps_,
         " and the ", dropped, " batch(es) of this accumulation group are dropped (a learning "

@@ -27,8 +27,9 @@ struct AttentionKernels {
     cpu::resize(out, a.batch * T, a.heads * a.v_dim);
     cpu::resize(probs, a.batch * a.heads * T, T);
     const Eigen::Index pairs = a.batch * a.heads;
+    ParallelErrors errors;
     ABLATE_PARALLEL_FOR
-    for (Eigen::Index bh = 0; bh < pairs; ++bh) {
+    for (Eigen::Index bh = 0; bh < pairs; ++bh) errors.run([&] {
       const Eigen::Index b = bh / a.heads, h = bh % a.heads;
       auto P = probs.middleRows(bh * T, T);
       P.noalias() = q.block(b * T, h * a.qk_dim, T, a.qk_dim) *
@@ -53,7 +54,8 @@ struct AttentionKernels {
       } else {
         O.noalias() = P * V;
       }
-    }
+    });
+    errors.rethrow();
   }
 
   // dq, dk, dv are overwritten (shaped like q, k, v).
@@ -74,8 +76,9 @@ struct AttentionKernels {
     if (k.cols() != a.heads * a.qk_dim) dk.setZero();
     if (v.cols() != a.heads * a.v_dim) dv.setZero();
     const Eigen::Index pairs = a.batch * a.heads;
+    ParallelErrors errors;
     ABLATE_PARALLEL_FOR
-    for (Eigen::Index bh = 0; bh < pairs; ++bh) {
+    for (Eigen::Index bh = 0; bh < pairs; ++bh) errors.run([&] {
       const Eigen::Index b = bh / a.heads, h = bh % a.heads;
       const auto P = probs.middleRows(bh * T, T);
       const auto dO = dout.block(b * T, h * a.v_dim, T, a.v_dim);
@@ -104,7 +107,8 @@ struct AttentionKernels {
       }
       dq.block(b * T, h * a.qk_dim, T, a.qk_dim).noalias() = dS * K;
       dk.block(b * T, h * a.qk_dim, T, a.qk_dim).noalias() = dS.transpose() * Q;
-    }
+    });
+    errors.rethrow();
   }
 
  private:

@@ -61,8 +61,9 @@ struct CrossEntropyKernels {
     if (dlogits != nullptr) cpu::resize(*dlogits, n, logits.cols());
     std::vector<double> row_loss(static_cast<std::size_t>(n));
     std::vector<unsigned char> row_hit(static_cast<std::size_t>(n));
+    ParallelErrors errors;
     ABLATE_PARALLEL_FOR
-    for (Eigen::Index r = 0; r < n; ++r) {
+    for (Eigen::Index r = 0; r < n; ++r) errors.run([&] {
       const auto z = logits.row(r);
       Eigen::Index arg = 0;
       const S m = max_and_first_argmax(z, arg);
@@ -71,6 +72,7 @@ struct CrossEntropyKernels {
       // it the loss, does not depend on where a row starts or on whether a gradient is asked
       // for; the gradient row is then that row scaled.
       thread_local Eigen::Array<S, 1, Eigen::Dynamic> e;
+      if (e.size() != z.size()) e.resize(0), e.resize(z.size());  // as cpu::resize
       e = (z.array() - m).exp();
       const double sum = sum_in_double(e);
       // The loss first: dlogits may be logits itself (a gradient in place).
@@ -82,7 +84,8 @@ struct CrossEntropyKernels {
         g = e * static_cast<S>(grad_scale / sum);
         g(targets[r]) -= static_cast<S>(grad_scale);
       }
-    }
+    });
+    errors.rethrow();
     LossSums out;
     for (Eigen::Index r = 0; r < n; ++r) {
       out.loss_sum += row_loss[static_cast<std::size_t>(r)];

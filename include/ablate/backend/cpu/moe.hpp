@@ -109,7 +109,8 @@ struct MoEKernels {
   // out = zeros [N, cols]; out[r, idx[r*k + j]] = src[r, j].  The indices of a row are distinct.
   static void scatter_columns(Tensor& out, const Tensor& src, const Indices& idx, Eigen::Index cols) {
     const Eigen::Index n = src.rows(), k = src.cols();
-    out.setZero(n, cols);
+    cpu::resize(out, n, cols);
+    out.setZero();
     ABLATE_PARALLEL_FOR
     for (Eigen::Index r = 0; r < n; ++r)
       for (Eigen::Index j = 0; j < k; ++j) out(r, idx[static_cast<std::size_t>(r * k + j)]) = src(r, j);

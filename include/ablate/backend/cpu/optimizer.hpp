@@ -68,6 +68,7 @@ struct OptimizerKernels {
 
   // y = a*y + b*x: the linear combinations inside Newton-Schulz.
   static void scale_add(Tensor& y, double a, const Tensor& x, double b) {
+    checks::shape(x, y.rows(), y.cols(), "scale_add", "x");
     y = static_cast<S>(a) * y + static_cast<S>(b) * x;
   }
 

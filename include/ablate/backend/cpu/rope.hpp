@@ -34,8 +34,9 @@ struct RopeKernels {
       }
     const S sign = inverse ? S(-1) : S(1);
     const Eigen::Index rows = x.rows();
+    ParallelErrors errors;
     ABLATE_PARALLEL_FOR
-    for (Eigen::Index r = 0; r < rows; ++r) {
+    for (Eigen::Index r = 0; r < rows; ++r) errors.run([&] {
       const Eigen::Index t = r % seq;
       const S* c = cos_table.data() + t * half;
       const S* s = sin_table.data() + t * half;
@@ -56,7 +57,8 @@ struct RopeKernels {
         }
         for (Eigen::Index j = 0; j < rope_dim; ++j) v[j] = tmp[static_cast<std::size_t>(j)];
       }
-    }
+    });
+    errors.rethrow();
   }
 };
 
