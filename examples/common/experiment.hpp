@@ -338,9 +338,7 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
         std::optional<std::pair<std::string, std::uint64_t>> next;
         for (const std::uint64_t seed : s.seeds)
           for (const ModelResults& m : results)
-            if (!next && std::none_of(m.runs.begin(), m.runs.end(),
-                                      [&](const RunResult& r) { return r.seed == seed; }))
-              next.emplace(m.spec->name, seed);
+            if (!next && !m.has_run(seed)) next.emplace(m.spec->name, seed);
         if (!next || next->first != in_progress->model || next->second != in_progress->seed)
           throw std::runtime_error(
               "cannot resume from " + checkpoint_file.string() + ": it holds " + in_progress->model +
@@ -419,8 +417,7 @@ inline int run_experiment(const ExperimentDef& def, int argc, char** argv) {
           plan.label.assign(1, '[');
           plan.label.append(std::to_string(++run_index)).append("/").append(std::to_string(total_runs));
           plan.label.append("] ").append(m.spec->name).append(" seed ").append(std::to_string(seed));
-          if (std::any_of(m.runs.begin(), m.runs.end(), [&](const RunResult& r) { return r.seed == seed; }))
-            continue;  // finished before --resume
+          if (m.has_run(seed)) continue;  // finished before --resume
           if (stop.requested())
             throw run_stopped("stopped before " + plan.label + " (" + stop.reason() + ")", stop.exit_code());
           plan.model = m.spec->name;

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <array>
 #include <cmath>
 #include <cstddef>
@@ -30,6 +31,10 @@ struct ModelResults {
   const ModelSpec* spec = nullptr;
   ParamCounts params;
   std::vector<RunResult> runs;
+
+  bool has_run(std::uint64_t seed) const {
+    return std::any_of(runs.begin(), runs.end(), [&](const RunResult& r) { return r.seed == seed; });
+  }
 };
 
 struct Stat {

@@ -210,13 +210,15 @@ RunProgress load_run_checkpoint(const std::filesystem::path& file, Model& model,
   } catch (const std::exception& e) {
     throw std::runtime_error(file.string() + ": " + run_meta::curve + " is not a curve: " + e.what());
   }
-  for (std::size_t i = 0; i < at.curve.size(); ++i)
-    if (at.curve[i].batch > at.batch || (i > 0 && at.curve[i].batch <= at.curve[i - 1].batch))
+  for (std::size_t i = 0; i < at.curve.size(); ++i) {
+    const bool out_of_order = i > 0 && at.curve[i].batch <= at.curve[i - 1].batch;
+    if (out_of_order || at.curve[i].batch > at.batch)
       throw std::runtime_error(file.string() + ": " + run_meta::curve + " has a point after batch " +
                                std::to_string(at.curve[i].batch) +
-                               (i > 0 && at.curve[i].batch <= at.curve[i - 1].batch
+                               (out_of_order
                                     ? " that follows one after batch " + std::to_string(at.curve[i - 1].batch)
                                     : " in a run checkpointed after batch " + std::to_string(at.batch)));
+  }
   at.train_time_s = detail::run_number(r, run_meta::train_time_s);
   at.eval_time_s = detail::run_number(r, run_meta::eval_time_s);
   at.loss_sum = detail::run_number(r, run_meta::loss_sum);

@@ -72,7 +72,7 @@ struct CrossEntropyKernels {
       // it the loss, does not depend on where a row starts or on whether a gradient is asked
       // for; the gradient row is then that row scaled.
       thread_local Eigen::Array<S, 1, Eigen::Dynamic> e;
-      if (e.size() != z.size()) e.resize(0), e.resize(z.size());  // as cpu::resize
+      cpu::resize(e, 1, z.size());
       e = (z.array() - m).exp();
       const double sum = sum_in_double(e);
       // The loss first: dlogits may be logits itself (a gradient in place).

@@ -43,9 +43,10 @@ void for_each_stacked(Matrix<S>& out, const Matrix<S>& a, Eigen::Index batch, F&
 // t becomes rows x cols (its values unspecified) and stays a valid tensor when the memory runs
 // out: Eigen's resize frees the old buffer before it allocates the new one, so a bad_alloc there
 // would leave t pointing at freed memory, for its next use and its destructor to free again.
-// Every CPU kernel sizes its outputs through this, and assigns to them only at their size.
-template <class S>
-void resize(Matrix<S>& t, Eigen::Index rows, Eigen::Index cols) {
+// Every CPU kernel sizes its outputs and scratch buffers through this, and assigns to them
+// only at their size.
+template <class Derived>
+void resize(Eigen::PlainObjectBase<Derived>& t, Eigen::Index rows, Eigen::Index cols) {
   if (t.rows() == rows && t.cols() == cols) return;
   if (t.size() != rows * cols) t.resize(0, 0);  // freed: a failed allocation leaves it empty
   t.resize(rows, cols);
