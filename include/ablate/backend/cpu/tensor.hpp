@@ -48,7 +48,7 @@ void for_each_stacked(Matrix<S>& out, const Matrix<S>& a, Eigen::Index batch, F&
 template <class Derived>
 void resize(Eigen::PlainObjectBase<Derived>& t, Eigen::Index rows, Eigen::Index cols) {
   if (t.rows() == rows && t.cols() == cols) return;
-  if (t.size() != rows * cols) t.resize(0, 0);  // freed: a failed allocation leaves it empty
+  if (t.size() != rows * cols) t.derived() = Derived();  // freed: a failed allocation leaves it empty
   t.resize(rows, cols);
 }
 
