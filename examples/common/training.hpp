@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <map>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -205,6 +206,11 @@ EvalPoint evaluate_saved(const std::filesystem::path& file, const ablate::ModelC
   EvalPoint point;
   point.all_validation = plan.eval_final.size() == plan.splits->validation.size();
   detail::evaluate(model, plan.splits->validation, plan.eval_final, plan.batch, point);
+  // Finite weights can still overflow (a config value edited to 1e308, say): no figures then.
+  if (!std::isfinite(point.val_loss))
+    throw std::runtime_error(file.string() + ": the model's validation loss is " +
+                             (std::isnan(point.val_loss) ? "nan" : "infinite") +
+                             ": its forward pass overflows (weights or config values too large?)");
   return point;
 }
 

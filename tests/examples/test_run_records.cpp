@@ -1,15 +1,21 @@
-// What --resume reads back: a finished run of results.json, and the checkpoint of the run in
-// progress.  Hand-edited values must be refused, not converted: a seed of -1 or 1e20 read as
-// 2^64 - 1, a checkpoint after a run's last batch (whose run then had no final evaluation).
+// What --resume and --evaluate read back: a finished run of results.json, the checkpoint of the
+// run in progress, a saved model.  Hand-edited values must be refused, not converted: a seed of
+// -1 or 1e20 read as 2^64 - 1, a checkpoint after a run's last batch (whose run then had no final
+// evaluation), a saved model whose forward overflows (reported as a loss of nan).
 #include <doctest/doctest.h>
 
 #include <ablate/ablate.hpp>
 #include <ablate/train/trainer.hpp>
 #include <filesystem>
+#include <limits>
+#include <memory>
+#include <numeric>
 #include <string>
+#include <vector>
 #include <unistd.h>
 
 #include "common/resume.hpp"
+#include "common/training.hpp"
 
 namespace {
 
@@ -103,5 +109,33 @@ TEST_CASE("run records: a checkpoint must be of a batch before the run's last, w
   save_at(6, {point_at(8)});
   CHECK(load(16).find("has a point after batch 8 in a run checkpointed after batch 6") !=
         std::string::npos);
+  std::filesystem::remove(file);
+}
+
+TEST_CASE("run records: a saved model whose forward overflows gives no figures") {
+  const auto file = std::filesystem::temp_directory_path() /
+                    ("ablate-saved-eval-test-" + std::to_string(::getpid()) + ".safetensors");
+  auto stream = std::make_shared<std::vector<std::int32_t>>(40);
+  std::iota(stream->begin(), stream->end(), 0);
+  ablate::data::DataSplits splits;
+  splits.validation = ablate::data::WindowSet(stream, {0, 8, 16}, 8);
+  RunPlan plan;
+  plan.splits = &splits;
+  plan.batch = 2;
+  plan.eval_final = {0, 1, 2};
+
+  Model model(tiny_config(), 1);
+  ablate::io::save_weights(model, file);
+  const EvalPoint point = evaluate_saved<Arch, ablate::CPU>(file, tiny_config(), plan);
+  CHECK(point.val_tokens == 3 * 8);
+  CHECK(std::isfinite(point.val_loss));
+
+  // Finite weights whose logits overflow float.
+  model.parameters().at("norm.weight").value.setConstant(std::numeric_limits<float>::max());
+  ablate::io::save_weights(model, file);
+  const std::string refused =
+      refusal([&] { (void)evaluate_saved<Arch, ablate::CPU>(file, tiny_config(), plan); });
+  CHECK(refused.find(": the model's validation loss is ") != std::string::npos);
+  CHECK(refused.find(": its forward pass overflows") != std::string::npos);
   std::filesystem::remove(file);
 }

@@ -409,6 +409,11 @@ TEST_CASE("MoE GLM4 auxiliary-loss-free balancing moves the bias toward the unde
   CHECK(bias(0, 3) == doctest::Approx(0.01));
   moe.after_optimizer_step();  // nothing counted since: unchanged
   CHECK(bias(0, 0) == doctest::Approx(-0.01));
+  run(moe, x, true, rng);  // counted, then dropped with its accumulation group: unchanged
+  moe.discard_accumulation_group();
+  CHECK(moe.router().pending_load() == std::vector<std::size_t>(4, 0));
+  moe.after_optimizer_step();
+  CHECK(bias(0, 0) == doctest::Approx(-0.01));
 
   // Repeated steps spread a skewed load: 16 tokens of varied preferences, all biased toward
   // expert 0, which starts with half of them.

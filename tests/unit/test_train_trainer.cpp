@@ -4,13 +4,16 @@
 
 #include <limits>
 #include <new>
-
 #include <vector>
 
 #include "ablate/backend/cpu/backend.hpp"
+#include "ablate/blocks/moe/moe.hpp"
 #include "ablate/core/loss_stats.hpp"
 #include "ablate/core/tokens.hpp"
+#include "ablate/model/architecture.hpp"
+#include "ablate/model/model.hpp"
 #include "ablate/train/trainer.hpp"
+#include "test_configs.hpp"
 
 namespace {
 
@@ -26,7 +29,7 @@ struct QuadraticModel {
   ablate::Parameter<B>* w;
   ablate::Parameter<B>* n;
   Tensor w_target, n_target;
-  int hook_calls = 0;
+  int hook_calls = 0, discard_calls = 0;
   bool training = false;
   double loss_offset = 0, grad_offset = 0;  // added to the loss and to one gradient element
   bool out_of_memory = false;  // the backward throws std::bad_alloc half-way
@@ -61,6 +64,7 @@ struct QuadraticModel {
   void zero_grad() { store.zero_grad(); }
   void train(bool on) { training = on; }
   void after_optimizer_step() { ++hook_calls; }
+  void discard_accumulation_group() { ++discard_calls; }
 };
 
 ablate::Tokens batch(int i) { return ablate::Tokens(2, 3, i % 7); }
@@ -127,7 +131,9 @@ TEST_CASE("train: a non-finite loss or gradient norm throws before any weight ch
   for (int i = 0; i < 10; ++i) trainer.step(batch(i), batch(i));  // 2 optimizer steps and 2 batches
   const Tensor w = model.w->value;
   const Tensor m = trainer.optimizer().adamw().states()[0].m;
+  int drops = 0;
   auto unchanged = [&](std::size_t batches) {
+    CHECK(model.discard_calls == ++drops);  // the model hears of each dropped group
     CHECK(trainer.batches() == batches);
     CHECK(trainer.optimizer_steps() == 2);
     CHECK(trainer.optimizer().adamw().steps() == 2);
@@ -218,4 +224,27 @@ TEST_CASE("train: TrainConfig schedule layouts and validation") {
   CHECK_THROWS_WITH_AS(config.validate(), doctest::Contains("grad_clip is NaN"), ablate::invalid_input);
   config.grad_clip = std::numeric_limits<double>::infinity();  // no clipping
   CHECK_NOTHROW(config.validate());
+}
+
+TEST_CASE("train: a dropped accumulation group takes its GLM4 router loads with it") {
+  // The loads of batches that never reach an optimizer step must not move the balancing bias.
+  using Arch = ablate::Architecture<ablate::Attention<ablate::MHA>, ablate::FFN<ablate::Glm4MoE<4, 2>>,
+                                    ablate::Norm<ablate::RMS>>;
+  using M = ablate::Model<Arch, ablate::CPUBackend<double>>;
+  M model(ablate::test::small_moe_model_config(), 3);
+  ablate::TrainConfig config;
+  config.total_batches = 8;
+  config.grad_accumulation = 2;
+  ablate::Trainer<M> trainer(model, config);
+  const ablate::Tokens tokens(2, 8, 5);
+  const auto& router = model.layers()[0].ffn().router();
+  const std::vector<std::size_t> none(4, 0);
+
+  trainer.step(tokens, tokens);  // batch 1 of the group: its loads wait for the step
+  CHECK(router.pending_load() != none);
+  model.parameters().at("embed_tokens.weight").value(5, 0) =
+      std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_AS(trainer.step(tokens, tokens), ablate::non_finite_error);
+  CHECK(trainer.batches() == 0);
+  for (const auto& layer : model.layers()) CHECK(layer.ffn().router().pending_load() == none);
 }

@@ -139,6 +139,11 @@ class Model {
   void after_optimizer_step() {
     for (Layer& layer : layers_) layer.after_optimizer_step();
   }
+  // Hook for the trainer dropping the batches since the last optimizer step (a non-finite loss,
+  // memory run out): what their forwards counted for the next step (GLM4 router loads) goes.
+  void discard_accumulation_group() {
+    for (Layer& layer : layers_) layer.discard_accumulation_group();
+  }
 
  private:
   static ModelConfig validated(const ModelConfig& cfg) {

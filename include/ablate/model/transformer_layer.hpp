@@ -90,6 +90,10 @@ class TransformerLayer {
   void after_optimizer_step() {
     if constexpr (requires(FFNBlock& f) { f.after_optimizer_step(); }) ffn_.after_optimizer_step();
   }
+  void discard_accumulation_group() {
+    if constexpr (requires(FFNBlock& f) { f.discard_accumulation_group(); })
+      ffn_.discard_accumulation_group();
+  }
 
   AttentionBlock& attention() { return attention_; }
   const AttentionBlock& attention() const { return attention_; }

@@ -11,6 +11,7 @@
 //   void zero_grad();
 //   void train(bool on);
 //   void after_optimizer_step();  // e.g. auxiliary-loss-free MoE bias update
+//   void discard_accumulation_group();  // the batches since the last optimizer step are dropped
 #pragma once
 
 #include <cmath>
@@ -64,7 +65,7 @@ class Trainer {
   // applied.  A loss or gradient norm that is not finite throws non_finite_error before any
   // weight changes: the weights and optimizer state stay those of the last optimizer step, and
   // the batches of the current accumulation group are dropped (gradients zeroed, the batch
-  // count back at the group's start; a GLM4 router's load counts of them stay), so a caller
+  // count back at the group's start, a GLM4 router's load counts of them dropped), so a caller
   // may skip the data and step on, or stop with the model of the last good step.  Memory that
   // runs out inside the batch (std::bad_alloc, perhaps half-way through the backward) drops the
   // group the same way before the exception goes on: a smaller batch may follow.
@@ -123,6 +124,7 @@ class Trainer {
   std::size_t discard_group() {
     const std::size_t dropped = batches_ % config_.grad_accumulation + 1;
     model_.zero_grad();
+    model_.discard_accumulation_group();
     batches_ -= dropped - 1;
     return dropped;
   }

@@ -82,6 +82,8 @@ class Glm4RouterBlock : public detail::RouterCore<B> {
     if (rate_ > 0.0 && any) B::moe_balance_bias(bias_, pending_load_, rate_);
     pending_load_.assign(pending_load_.size(), 0);
   }
+  // The trainer dropped the batches since the last optimizer step: their loads go with them.
+  void discard_accumulation_group() { pending_load_.assign(pending_load_.size(), 0); }
 
   // Top-K was taken over the group-masked choice scores.
   const Tensor& selection_scores() const { return masked_; }

@@ -126,6 +126,10 @@ class MoEBlock {
     if constexpr (requires(RouterBlock& r) { r.after_optimizer_step(); })
       router_.after_optimizer_step();
   }
+  void discard_accumulation_group() {
+    if constexpr (requires(RouterBlock& r) { r.discard_accumulation_group(); })
+      router_.discard_accumulation_group();
+  }
 
   // Slots routed to each expert in the last forward; sums to tokens * K.
   const std::vector<std::size_t>& expert_load() const { return router_.load(); }

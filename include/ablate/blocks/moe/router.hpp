@@ -13,7 +13,8 @@
 //   const Tensor& selection_scores() const;  // [N, E] what top-K was taken over
 //   const std::vector<std::size_t>& load() const;  // slots per expert, sums to N*K
 //   double aux_loss() const;          // 0 when the router has none or in eval
-// optionally void after_optimizer_step().
+// optionally void after_optimizer_step() and void discard_accumulation_group() (state kept
+// between optimizer steps: the trainer's hooks).
 #pragma once
 
 #include <cmath>
